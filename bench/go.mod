@@ -1,0 +1,3 @@
+module corral.dev/bench
+
+go 1.26.6

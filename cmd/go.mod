@@ -1,0 +1,3 @@
+module corral.dev/cmd
+
+go 1.26.6

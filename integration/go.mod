@@ -1,0 +1,3 @@
+module corral.dev/integration
+
+go 1.26.6

@@ -1,0 +1,283 @@
+package pluginkit
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/BurntSushi/toml"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/hashicorp/go-plugin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/common/expfmt"
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	pluginv1 "corral.dev/proto/plugin/v1"
+)
+
+// MaxMsgSize is the largest gRPC message a plugin sends or receives, the
+// limit containerd and its clients use.
+const MaxMsgSize = 16 << 20
+
+// Main serves the plugin the supervisor asked for (by EnvID) from plugins,
+// and exits when the supervisor closes it. It never returns.
+func Main(plugins ...Plugin) {
+	log := NewLogger(os.Stderr, os.Getenv(EnvLogLevel))
+	id := os.Getenv(EnvID)
+	for _, p := range plugins {
+		if p.ID == id {
+			os.Exit(serve(p, log))
+		}
+	}
+	log.Error().Str("plugin", id).Msg("no such plugin in this binary")
+	os.Exit(2)
+}
+
+// serve runs p until the supervisor shuts it down, and returns the exit code.
+func serve(p Plugin, log zerolog.Logger) int {
+	log = log.With().Str("plugin", p.ID).Logger()
+	h := &host{plugin: p, log: log}
+	defer h.close()
+
+	// SIGTERM (also the parent-death signal) stops serving; calls in flight
+	// are cut, and the closers still run.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sigs
+		h.stop()
+	}()
+
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig: Handshake,
+		Plugins:         plugin.PluginSet{SetupPluginName: &setupPlugin{host: h}},
+		GRPCServer:      h.newServer,
+	})
+	return 0
+}
+
+// host is the plugin side of the contract: it initialises the plugin and
+// answers the supervisor's Info and Metrics calls.
+type host struct {
+	pluginv1.UnimplementedPluginServer
+
+	plugin  Plugin
+	log     zerolog.Logger
+	reg     *prometheus.Registry
+	ic      *InitContext
+	initErr error
+
+	mu     sync.Mutex
+	server *grpc.Server
+}
+
+func (h *host) newServer(opts []grpc.ServerOption) *grpc.Server {
+	opts = append(opts,
+		grpc.Creds(PeerCredentials()),
+		grpc.MaxRecvMsgSize(MaxMsgSize),
+		grpc.MaxSendMsgSize(MaxMsgSize),
+		grpc.ChainUnaryInterceptor(markHandledUnary),
+		grpc.ChainStreamInterceptor(markHandledStream),
+	)
+	s := grpc.NewServer(opts...)
+	h.mu.Lock()
+	h.server = s
+	h.mu.Unlock()
+	return s
+}
+
+func (h *host) stop() {
+	h.mu.Lock()
+	s := h.server
+	h.mu.Unlock()
+	if s != nil {
+		s.Stop()
+	}
+}
+
+// init builds the InitContext and runs the plugin's Init, registering its
+// services on s. A failure is kept and reported through Info.
+func (h *host) init(s *grpc.Server) {
+	h.reg = prometheus.NewRegistry()
+	h.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	pluginv1.RegisterPluginServer(s, h)
+
+	ic := &InitContext{
+		Root:    os.Getenv(EnvRoot),
+		State:   os.Getenv(EnvState),
+		Server:  s,
+		Metrics: h.reg,
+		Log:     h.log,
+	}
+	h.ic = ic
+	if addr := os.Getenv(EnvInternal); addr != "" {
+		cc, err := grpc.NewClient("unix://"+addr,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(
+				grpc.MaxCallRecvMsgSize(MaxMsgSize),
+				grpc.MaxCallSendMsgSize(MaxMsgSize),
+			),
+		)
+		if err != nil {
+			h.initErr = fmt.Errorf("dial supervisor %q: %w", addr, err)
+			return
+		}
+		ic.internal = cc
+		ic.OnClose(cc.Close)
+	}
+	ic.Events = &publisher{cc: ic.internal}
+
+	cfg, err := DecodeConfig(h.plugin, os.Getenv(EnvConfig))
+	if err != nil {
+		h.initErr = err
+		return
+	}
+	ic.Config = cfg
+	if h.plugin.Init == nil {
+		return
+	}
+	if err := h.plugin.Init(context.Background(), ic); err != nil {
+		h.initErr = err
+		return
+	}
+	h.log.Info().Msg("plugin initialised")
+}
+
+func (h *host) close() {
+	if h.ic == nil {
+		return
+	}
+	for i := len(h.ic.closers) - 1; i >= 0; i-- {
+		if err := h.ic.closers[i](); err != nil {
+			h.log.Error().Err(err).Msg("close plugin")
+		}
+	}
+	h.log.Info().Msg("plugin stopped")
+}
+
+// Info implements pluginv1.PluginServer.
+func (h *host) Info(ctx context.Context, _ *pluginv1.InfoRequest) (*pluginv1.InfoResponse, error) {
+	resp := &pluginv1.InfoResponse{
+		Type: h.plugin.Type,
+		Id:   h.plugin.ID,
+		Pid:  int64(os.Getpid()),
+		Exports: map[string]string{
+			"root":  h.ic.Root,
+			"state": h.ic.State,
+		},
+	}
+	if h.initErr != nil {
+		resp.InitError = h.initErr.Error()
+		resp.InitErrorCode = int32(status.Code(errgrpc.ToGRPC(h.initErr)))
+		return resp, nil
+	}
+	h.mu.Lock()
+	s := h.server
+	h.mu.Unlock()
+	for name := range s.GetServiceInfo() {
+		if isPublicService(name) {
+			resp.Services = append(resp.Services, name)
+		}
+	}
+	sort.Strings(resp.Services)
+	return resp, nil
+}
+
+// Metrics implements pluginv1.PluginServer.
+func (h *host) Metrics(ctx context.Context, _ *pluginv1.MetricsRequest) (*pluginv1.MetricsResponse, error) {
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("gather metrics: %w", err))
+	}
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeProtoDelim))
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("encode metric %s: %w", mf.GetName(), err))
+		}
+	}
+	return &pluginv1.MetricsResponse{Families: buf.Bytes()}, nil
+}
+
+// isPublicService reports whether a registered service is one the plugin
+// serves to clients, rather than part of the plugin contract.
+func isPublicService(name string) bool {
+	return !strings.HasPrefix(name, "corral.plugin.") &&
+		!strings.HasPrefix(name, "plugin.") &&
+		!strings.HasPrefix(name, "grpc.")
+}
+
+// DecodeConfig decodes a plugin's TOML section onto a fresh default
+// configuration. Keys the plugin does not know are an error naming them.
+func DecodeConfig(p Plugin, section string) (any, error) {
+	if p.Config == nil {
+		if strings.TrimSpace(section) != "" {
+			return nil, fmt.Errorf("plugin %q takes no configuration: %w", p.ID, errdefs.ErrInvalidArgument)
+		}
+		return nil, nil
+	}
+	cfg := p.Config()
+	md, err := toml.Decode(section, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("plugins.%s: %w: %w", p.ID, err, errdefs.ErrInvalidArgument)
+	}
+	if undec := md.Undecoded(); len(undec) > 0 {
+		keys := make([]string, len(undec))
+		for i, k := range undec {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("plugins.%s: unknown key %s: %w", p.ID, strings.Join(keys, ", "), errdefs.ErrInvalidArgument)
+	}
+	return cfg, nil
+}
+
+func markHandledUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	_ = grpc.SetTrailer(ctx, handledMD)
+	return handler(ctx, req)
+}
+
+func markHandledStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ss.SetTrailer(handledMD)
+	return handler(srv, ss)
+}
+
+var handledMD = metadata.Pairs(HandledKey, "1")
+
+// setupPlugin is what go-plugin dispenses: on the plugin side it initialises
+// the plugin on go-plugin's server, on the supervisor side it hands back the
+// raw connection to the plugin.
+type setupPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	host *host
+}
+
+func (sp *setupPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	sp.host.init(s)
+	return nil
+}
+
+func (sp *setupPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, cc *grpc.ClientConn) (any, error) {
+	return cc, nil
+}
+
+// ClientPlugins is the plugin set the supervisor hands go-plugin: dispensing
+// SetupPluginName yields the plugin's *grpc.ClientConn.
+func ClientPlugins() plugin.PluginSet {
+	return plugin.PluginSet{SetupPluginName: &setupPlugin{}}
+}
+

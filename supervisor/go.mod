@@ -1,0 +1,3 @@
+module corral.dev/supervisor
+
+go 1.26.6
