@@ -280,4 +280,3 @@ func (sp *setupPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, cc *g
 func ClientPlugins() plugin.PluginSet {
 	return plugin.PluginSet{SetupPluginName: &setupPlugin{}}
 }
-

@@ -1,0 +1,301 @@
+// Package daemon runs the supervisor: it prepares the root and state
+// directories, starts the plugin processes, and serves the public socket,
+// the internal socket, the debug socket and the metrics endpoint.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	eventsapi "github.com/containerd/containerd/api/services/events/v1"
+	introspectionapi "github.com/containerd/containerd/api/services/introspection/v1"
+	versionapi "github.com/containerd/containerd/api/services/version/v1"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"corral.dev/pluginkit"
+	adminv1 "corral.dev/proto/admin/v1"
+	"corral.dev/supervisor/config"
+	"corral.dev/supervisor/events"
+	"corral.dev/supervisor/host"
+	"corral.dev/supervisor/router"
+)
+
+// internalSocket is the supervisor's socket for plugins, inside state.
+const internalSocket = "internal.sock"
+
+// stopTimeout bounds how long calls in flight may take to finish at shutdown.
+const stopTimeout = 10 * time.Second
+
+// Options are what the daemon needs beside its configuration.
+type Options struct {
+	// Plugins are every plugin this build knows.
+	Plugins []pluginkit.Plugin
+	// Executable is the binary plugins run from unless configured otherwise.
+	Executable string
+	// LogLevel is handed to plugins.
+	LogLevel string
+	// Log is the supervisor's logger.
+	Log zerolog.Logger
+	// Ready, if set, is called once every socket is serving.
+	Ready func()
+}
+
+// Run serves until ctx ends, then stops everything it started.
+func Run(ctx context.Context, cfg *config.Config, opts Options) error {
+	d := &daemon{cfg: cfg, opts: opts, log: opts.Log}
+	defer d.close()
+	if err := d.prepare(); err != nil {
+		return err
+	}
+	if err := d.serve(ctx); err != nil {
+		return err
+	}
+	if opts.Ready != nil {
+		opts.Ready()
+	}
+	d.log.Info().Str("address", cfg.GRPC.Address).Msg("containerd successfully booted")
+	select {
+	case <-ctx.Done():
+	case err := <-d.errs:
+		d.log.Error().Err(err).Msg("serving failed, shutting down")
+	}
+	d.log.Info().Msg("stopping")
+	return nil
+}
+
+type daemon struct {
+	cfg  *config.Config
+	opts Options
+	log  zerolog.Logger
+
+	locks    []*os.File
+	host     *host.Host
+	public   *grpc.Server
+	internal *grpc.Server
+	https    []*http.Server
+	sockets  []string
+	errs     chan error
+}
+
+// prepare checks what can be checked before anything is created, then makes
+// the directories, takes the locks and sets the OOM score.
+func (d *daemon) prepare() error {
+	c := d.cfg
+	if err := preflight(c.Root, c.State); err != nil {
+		return err
+	}
+	for _, addr := range []string{c.GRPC.Address, c.Debug.Address} {
+		if addr == "" {
+			continue
+		}
+		if err := preflight(addr); err != nil {
+			return fmt.Errorf("socket %s: %w", addr, err)
+		}
+	}
+	if err := ensureDir(c.Root, rootMode); err != nil {
+		return err
+	}
+	if err := ensureDir(c.State, stateMode); err != nil {
+		return err
+	}
+	for _, dir := range []string{c.Root, c.State} {
+		f, err := lockDir(dir)
+		if err != nil {
+			return err
+		}
+		d.locks = append(d.locks, f)
+	}
+	return setOOMScore(c.OOMScore, d.log)
+}
+
+// specs lists the plugins to run, creating their directories.
+func (d *daemon) specs() ([]host.Spec, error) {
+	var specs []host.Spec
+	for _, p := range d.opts.Plugins {
+		if d.cfg.Disabled(p) {
+			d.log.Info().Str("plugin", p.ID).Msg("plugin disabled by configuration")
+			continue
+		}
+		path, section := d.cfg.PluginSection(p.ID)
+		if path == "" {
+			path = d.opts.Executable
+		}
+		s := host.Spec{
+			Plugin: p,
+			Path:   path,
+			Root:   filepath.Join(d.cfg.Root, p.FullID()),
+			State:  filepath.Join(d.cfg.State, p.FullID()),
+			Config: section,
+		}
+		for _, dir := range []string{s.Root, s.State} {
+			if err := ensureDir(dir, pluginMode); err != nil {
+				return nil, err
+			}
+		}
+		specs = append(specs, s)
+	}
+	return specs, nil
+}
+
+// serve starts the plugins and every listener.
+func (d *daemon) serve(ctx context.Context) error {
+	c := d.cfg
+	d.errs = make(chan error, 4)
+	uuid, err := loadUUID(c.Root)
+	if err != nil {
+		return err
+	}
+	specs, err := d.specs()
+	if err != nil {
+		return err
+	}
+	internalPath := filepath.Join(c.State, internalSocket)
+	d.host = host.New(specs, host.Options{
+		InternalAddress: internalPath,
+		LogLevel:        d.opts.LogLevel,
+		WaitTimeout:     c.CallWaitTimeout(),
+		BackoffMax:      c.RestartBackoffMax(),
+		Log:             d.log,
+	})
+	exchange := events.NewExchange(d.log)
+
+	// Plugins publish events as they start, so the internal socket comes first.
+	d.internal = d.newInternalServer(exchange)
+	if err := d.listen(d.internal, internalPath, 0o600, os.Getuid(), os.Getgid()); err != nil {
+		return err
+	}
+	d.host.Start(ctx)
+
+	m := newMetrics(d.host)
+	d.public = d.newPublicServer(exchange, m, uuid)
+	if err := d.listen(d.public, c.GRPC.Address, 0o660, c.GRPC.UID, c.GRPC.GID); err != nil {
+		return err
+	}
+	if c.Debug.Address != "" {
+		if err := d.listenHTTP(debugHandler(), "unix", c.Debug.Address, c.Debug.UID, c.Debug.GID); err != nil {
+			return err
+		}
+	}
+	if c.Metrics.Address != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/v1/metrics", promhttp.HandlerFor(m.gatherer(d.host), promhttp.HandlerOpts{
+			ErrorHandling: promhttp.ContinueOnError,
+		}))
+		if err := d.listenHTTP(mux, "tcp", c.Metrics.Address, 0, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *daemon) newInternalServer(exchange *events.Exchange) *grpc.Server {
+	r := router.New(d.host, router.Options{ByTarget: true, ReplayTimeout: d.cfg.CallWaitTimeout(), Log: d.log})
+	opts := append(r.ServerOptions(),
+		grpc.MaxRecvMsgSize(pluginkit.MaxMsgSize),
+		grpc.MaxSendMsgSize(pluginkit.MaxMsgSize),
+	)
+	s := grpc.NewServer(opts...)
+	eventsapi.RegisterEventsServer(s, exchange)
+	return s
+}
+
+func (d *daemon) newPublicServer(exchange *events.Exchange, m *metrics, uuid string) *grpc.Server {
+	r := router.New(d.host, router.Options{ReplayTimeout: d.cfg.CallWaitTimeout(), Log: d.log})
+	opts := append(r.ServerOptions(),
+		grpc.MaxRecvMsgSize(d.cfg.GRPC.MaxRecvMessageSize),
+		grpc.MaxSendMsgSize(d.cfg.GRPC.MaxSendMessageSize),
+		grpc.ChainUnaryInterceptor(m.unaryInterceptor),
+		grpc.ChainStreamInterceptor(m.streamInterceptor),
+	)
+	s := grpc.NewServer(opts...)
+	versionapi.RegisterVersionServer(s, versionService{})
+	introspectionapi.RegisterIntrospectionServer(s, &introspectionService{host: d.host, uuid: uuid})
+	eventsapi.RegisterEventsServer(s, exchange)
+	adminv1.RegisterAdminServer(s, &adminService{host: d.host})
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(s, hs)
+	return s
+}
+
+func (d *daemon) listen(s *grpc.Server, path string, mode os.FileMode, uid, gid int) error {
+	l, err := listenUnix(path, mode, uid, gid)
+	if err != nil {
+		return err
+	}
+	d.sockets = append(d.sockets, path)
+	go func() {
+		if err := s.Serve(l); err != nil {
+			d.errs <- fmt.Errorf("serve %s: %w", path, err)
+		}
+	}()
+	return nil
+}
+
+func (d *daemon) listenHTTP(h http.Handler, network, addr string, uid, gid int) error {
+	var l net.Listener
+	var err error
+	if network == "unix" {
+		if l, err = listenUnix(addr, 0o660, uid, gid); err == nil {
+			d.sockets = append(d.sockets, addr)
+		}
+	} else {
+		l, err = net.Listen(network, addr)
+	}
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	d.https = append(d.https, srv)
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.errs <- fmt.Errorf("serve %s: %w", addr, err)
+		}
+	}()
+	return nil
+}
+
+// close stops everything in the reverse order of starting.
+func (d *daemon) close() {
+	for _, srv := range d.https {
+		srv.Close()
+	}
+	if d.public != nil {
+		gracefulStop(d.public)
+	}
+	if d.host != nil {
+		d.host.Stop()
+	}
+	if d.internal != nil {
+		d.internal.Stop()
+	}
+	for _, s := range d.sockets {
+		os.Remove(s)
+	}
+	for _, f := range d.locks {
+		f.Close()
+	}
+}
+
+// gracefulStop lets calls in flight finish, up to stopTimeout.
+func gracefulStop(s *grpc.Server) {
+	done := make(chan struct{})
+	go func() {
+		s.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(stopTimeout):
+		s.Stop()
+	}
+}
