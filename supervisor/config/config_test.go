@@ -1,0 +1,417 @@
+package config
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-cmp/cmp"
+
+	"corral.dev/pluginkit"
+)
+
+type boltConfig struct {
+	ContentSharingPolicy string   `toml:"content_sharing_policy"`
+	Sync                 bool     `toml:"sync"`
+	GC                   gcConfig `toml:"gc"`
+}
+
+type gcConfig struct {
+	PauseThreshold float64 `toml:"pause_threshold"`
+	Interval       int     `toml:"interval"`
+}
+
+type linuxConfig struct {
+	Runtime   string `toml:"runtime"`
+	NoShim    bool   `toml:"no_shim"`
+	ShimDebug bool   `toml:"shim_debug"`
+}
+
+// testPlugins stands for the plugins of a build: two with options, one
+// without.
+var testPlugins = []pluginkit.Plugin{
+	{Type: "io.containerd.metadata.v1", ID: "bolt", Config: func() any {
+		return &boltConfig{ContentSharingPolicy: "shared", GC: gcConfig{PauseThreshold: 0.02}}
+	}},
+	{Type: "io.containerd.runtime.v1", ID: "linux", Config: func() any {
+		return &linuxConfig{Runtime: "runc"}
+	}},
+	{Type: "io.containerd.content.v1", ID: "content"},
+}
+
+func writeFile(t *testing.T, doc string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func dump(t *testing.T, c *Config) string {
+	t.Helper()
+	var buf bytes.Buffer
+	n, err := c.WriteTo(&buf)
+	if err != nil {
+		t.Fatalf("WriteTo: %v", err)
+	}
+	if n != int64(buf.Len()) {
+		t.Errorf("WriteTo = %d bytes, wrote %d", n, buf.Len())
+	}
+	return buf.String()
+}
+
+func TestDefaultRoundTrip(t *testing.T) {
+	for _, plugins := range [][]pluginkit.Plugin{nil, testPlugins} {
+		want := Default(plugins)
+		text := dump(t, want)
+		got, warnings, err := Load(writeFile(t, text), true, plugins)
+		if err != nil {
+			t.Fatalf("Load(default) error: %v\n%s", err, text)
+		}
+		if len(warnings) > 0 {
+			t.Errorf("Load(default) warnings: %q", warnings)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("Load(WriteTo(Default)) mismatch (-want +got):\n%s\n%s", diff, text)
+		}
+	}
+}
+
+func TestDefaultValues(t *testing.T) {
+	c := Default(testPlugins)
+	if c.Version != 2 || c.Root != "/var/lib/containerd" || c.State != "/run/containerd" {
+		t.Errorf("Default() = version %d root %q state %q", c.Version, c.Root, c.State)
+	}
+	if c.GRPC.Address != "/run/containerd/containerd.sock" || c.GRPC.MaxRecvMessageSize != 16777216 ||
+		c.GRPC.MaxSendMessageSize != 16777216 {
+		t.Errorf("Default().GRPC = %+v", c.GRPC)
+	}
+	if c.Debug.Address != "" || c.Debug.Level != "info" || c.Debug.Format != "text" {
+		t.Errorf("Default().Debug = %+v", c.Debug)
+	}
+	if c.CallWaitTimeout() != 30*time.Second || c.RestartBackoffMax() != 10*time.Second {
+		t.Errorf("Default() durations = %v, %v", c.CallWaitTimeout(), c.RestartBackoffMax())
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("Default().Validate() = %v", err)
+	}
+	path, section := c.PluginSection("bolt")
+	want := "content_sharing_policy = \"shared\"\nsync = false\n\n[gc]\n  pause_threshold = 0.02\n  interval = 0\n"
+	if path != "" || section != want {
+		t.Errorf("PluginSection(bolt) = %q, %q; want \"\", %q", path, section, want)
+	}
+}
+
+const containerdFile = `version = 2
+root = "/srv/containerd"
+state = "/run/corral"
+oom_score = -999
+imports = []
+disabled_plugins = ["io.containerd.grpc.v1.cri", "linux"]
+
+[grpc]
+  address = "/run/corral/containerd.sock"
+  tcp_address = ""
+  tcp_tls_cert = ""
+  tcp_tls_key = ""
+  uid = 0
+  gid = 1000
+  max_recv_message_size = 8388608
+  max_send_message_size = 8388608
+
+[ttrpc]
+  address = ""
+  uid = 0
+  gid = 0
+
+[debug]
+  address = "/run/corral/debug.sock"
+  uid = 0
+  gid = 0
+  level = ""
+
+[metrics]
+  address = "127.0.0.1:1338"
+  grpc_histogram = true
+
+[plugin_host]
+  call_wait_timeout = "1m"
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "registry.k8s.io/pause:3.6"
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "overlayfs"
+  [plugins.bolt]
+    content_sharing_policy = "isolated"
+    [plugins.bolt.gc]
+      interval = 5
+  [plugins."io.containerd.runtime.v1.linux"]
+    path = "/opt/corral/runtime-linux"
+    shim_debug = true
+`
+
+func TestLoadContainerdFile(t *testing.T) {
+	c, warnings, err := Load(writeFile(t, containerdFile), true, testPlugins)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+
+	want := Default(testPlugins)
+	want.Root, want.State, want.OOMScore = "/srv/containerd", "/run/corral", -999
+	want.DisabledPlugins = []string{"io.containerd.grpc.v1.cri", "linux"}
+	want.GRPC.Address, want.GRPC.GID = "/run/corral/containerd.sock", 1000
+	want.GRPC.MaxRecvMessageSize, want.GRPC.MaxSendMessageSize = 8388608, 8388608
+	want.Debug.Address = "/run/corral/debug.sock"
+	want.Metrics = MetricsConfig{Address: "127.0.0.1:1338", GRPCHistogram: true}
+	want.PluginHost.CallWaitTimeout = Duration(time.Minute)
+	want.Plugins["io.containerd.metadata.v1.bolt"] = PluginConfig{
+		Type: "io.containerd.metadata.v1", ID: "bolt",
+		Section: "content_sharing_policy = \"isolated\"\nsync = false\n\n[gc]\n  pause_threshold = 0.02\n  interval = 5\n",
+	}
+	want.Plugins["io.containerd.runtime.v1.linux"] = PluginConfig{
+		Type: "io.containerd.runtime.v1", ID: "linux", Path: "/opt/corral/runtime-linux",
+		Section: "runtime = \"runc\"\nno_shim = false\nshim_debug = true\n",
+	}
+	if diff := cmp.Diff(want, c); diff != "" {
+		t.Errorf("Load mismatch (-want +got):\n%s", diff)
+	}
+
+	wantWarnings := []string{
+		`line 37: plugins."io.containerd.grpc.v1.cri": no such plugin in this build; section ignored`,
+		`disabled_plugins: no plugin "io.containerd.grpc.v1.cri" in this build`,
+	}
+	if diff := cmp.Diff(wantWarnings, warnings); diff != "" {
+		t.Errorf("warnings mismatch (-want +got):\n%s", diff)
+	}
+	if !c.Disabled(testPlugins[1]) || c.Disabled(testPlugins[0]) {
+		t.Errorf("Disabled(linux), Disabled(bolt) = %v, %v; want true, false",
+			c.Disabled(testPlugins[1]), c.Disabled(testPlugins[0]))
+	}
+
+	// A dump of the loaded config loads back unchanged.
+	again, _, err := Parse([]byte(dump(t, c)), testPlugins)
+	if err != nil {
+		t.Fatalf("Parse(dump): %v", err)
+	}
+	if diff := cmp.Diff(c, again); diff != "" {
+		t.Errorf("Parse(WriteTo(Load)) mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestLoadVersions(t *testing.T) {
+	for _, v := range []string{"1", "2", "3"} {
+		c, _, err := Parse([]byte("version = "+v+"\n[plugins.linux]\nno_shim = true\n"), testPlugins)
+		if err != nil {
+			t.Errorf("Parse(version = %s) error: %v", v, err)
+			continue
+		}
+		if _, section := c.PluginSection("linux"); !strings.Contains(section, "no_shim = true") {
+			t.Errorf("Parse(version = %s) linux section = %q", v, section)
+		}
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+		want []string // substrings of the error
+	}{
+		{"unknown top-level key", "version = 2\nroot_dir = \"/x\"\n", []string{`line 2: unknown key "root_dir"`}},
+		{"unknown section", "[grpc]\naddress = \"/x.sock\"\n\n[cgroup]\npath = \"\"\n", []string{`line 4: unknown key "cgroup"`}},
+		{"unknown grpc key", "[grpc]\n  adress = \"/x.sock\"\n", []string{`line 2: unknown key "grpc.adress"`}},
+		{"unknown dotted key", "debug.levle = \"info\"\n", []string{`line 1: unknown key "debug.levle"`}},
+		{"unknown keys in inline table", "metrics = { address = \"\", histogram = true }\n", []string{`line 1: unknown key "metrics.histogram"`}},
+		{"unknown plugin_host key", "[plugin_host]\ncall_timeout = \"1s\"\n", []string{`line 2: unknown key "plugin_host.call_timeout"`}},
+		{"several unknown keys", "[ttrpc]\nadress = \"\"\n[debug]\nlevle = \"info\"\n", []string{
+			`line 2: unknown key "ttrpc.adress"`, `line 4: unknown key "debug.levle"`}},
+		{"unknown plugin option", "[plugins.bolt]\ncontent_sharing = \"isolated\"\n", []string{
+			`line 2: unknown key "plugins.bolt.content_sharing"`}},
+		{"unknown nested plugin option", "[plugins.\"io.containerd.metadata.v1.bolt\".gc]\nperiod = 3\n", []string{
+			`line 2: unknown key plugins."io.containerd.metadata.v1.bolt".gc.period`}},
+		{"option for plugin without options", "[plugins.content]\nsync = true\n", []string{
+			`line 2: unknown key "plugins.content.sync"`}},
+		{"wrong type top-level", "version = 2\noom_score = \"high\"\n", []string{"line 2", "oom_score", "incompatible types"}},
+		{"wrong type grpc", "[grpc]\nuid = \"root\"\n", []string{"line 2", "grpc.uid"}},
+		{"wrong type section", "grpc = 3\n", []string{"line 1", "grpc"}},
+		{"wrong type plugin option", "[plugins.bolt]\nsync = \"yes\"\n", []string{"line 2", "plugins.bolt.sync", "incompatible types"}},
+		{"wrong type plugin path", "[plugins.linux]\npath = 1\n", []string{"line 2", "plugins.linux.path"}},
+		{"wrong type plugin section", "[plugins]\nbolt = 1\n", []string{"line 2: plugins.bolt must be a table, not integer"}},
+		{"wrong type list", "disabled_plugins = \"cri\"\n", []string{"line 1", "disabled_plugins"}},
+		{"broken toml", "version = 2\n[grpc\naddress = \"x\"\n", []string{"line 2, column 6: expected '.' or ']'"}},
+		{"broken array", "a = [1,\n2,\n", []string{"line 2, column 3: unexpected EOF"}},
+		{"duplicate key", "root = \"/a\"\nroot = \"/b\"\n", []string{"line 2", "root"}},
+		{"unterminated string", "[debug]\nlevel = \"info\n", []string{"line 2, column 14"}},
+		{"plugin configured twice", "[plugins.bolt]\nsync = true\n[plugins.\"io.containerd.metadata.v1.bolt\"]\nsync = false\n", []string{
+			"line 3: plugin io.containerd.metadata.v1.bolt is configured twice",
+			`as plugins.bolt and plugins."io.containerd.metadata.v1.bolt"`}},
+		{"version 4", "version = 4\n", []string{`line 1: version: unsupported version 4`}},
+		{"relative root", "root = \"var/lib\"\n", []string{`line 1: root: "var/lib" is not an absolute path`}},
+		{"oom score range", "oom_score = -1001\n", []string{"oom_score: -1001 is outside -1000..1000"}},
+		{"imports", "imports = [\"/etc/containerd/conf.d/*.toml\"]\n", []string{"line 1: imports: not supported"}},
+		{"tcp address", "[grpc]\ntcp_address = \"0.0.0.0:1234\"\n", []string{"line 2: grpc.tcp_address: not supported"}},
+		{"tcp tls key", "[grpc]\ntcp_tls_key = \"/k\"\n", []string{"grpc.tcp_tls_key: not supported"}},
+		{"negative uid", "[grpc]\nuid = -1\n", []string{"line 2: grpc.uid: must not be negative"}},
+		{"zero message size", "[grpc]\nmax_recv_message_size = 0\n", []string{"grpc.max_recv_message_size: must be positive"}},
+		{"bad level", "[debug]\nlevel = \"verbose\"\n", []string{`line 2: debug.level: unknown level "verbose"`}},
+		{"bad format", "[debug]\nformat = \"xml\"\n", []string{`debug.format: unknown format "xml"`}},
+		{"bad duration", "[plugin_host]\ncall_wait_timeout = \"soon\"\n", []string{"line 2", "plugin_host.call_wait_timeout", "soon"}},
+		{"duration without unit", "[plugin_host]\nrestart_backoff_max = 10\n", []string{"line 2", "plugin_host.restart_backoff_max"}},
+		{"zero duration", "[plugin_host]\nrestart_backoff_max = \"0s\"\n", []string{
+			"line 2: plugin_host.restart_backoff_max: 0s is not a positive duration"}},
+		{"negative duration", "[plugin_host]\ncall_wait_timeout = \"-1s\"\n", []string{"plugin_host.call_wait_timeout: -1s is not"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeFile(t, tt.doc)
+			_, _, err := Load(path, true, testPlugins)
+			if err == nil {
+				t.Fatalf("Load(%q) = nil error, want %q", tt.doc, tt.want)
+			}
+			if !errdefs.IsInvalidArgument(err) {
+				t.Errorf("Load(%q) = %v, want an invalid argument error", tt.doc, err)
+			}
+			if !strings.Contains(err.Error(), path) {
+				t.Errorf("Load(%q) = %v, want the path in it", tt.doc, err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Load(%q) = %v, want %q in it", tt.doc, err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadAmbiguousShortID(t *testing.T) {
+	plugins := []pluginkit.Plugin{
+		{Type: "io.containerd.snapshotter.v1", ID: "overlayfs"},
+		{Type: "io.containerd.differ.v1", ID: "overlayfs"},
+	}
+	_, _, err := Parse([]byte("[plugins.overlayfs]\n"), plugins)
+	if err == nil || !strings.Contains(err.Error(), "use the full id") {
+		t.Errorf("Parse(ambiguous short id) = %v, want an error asking for the full id", err)
+	}
+	if _, _, err := Parse([]byte("[plugins.\"io.containerd.differ.v1.overlayfs\"]\n"), plugins); err != nil {
+		t.Errorf("Parse(full id) = %v", err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.toml")
+
+	c, warnings, err := Load(path, false, testPlugins)
+	if err != nil || len(warnings) > 0 {
+		t.Fatalf("Load(missing, false) = %v, %q", err, warnings)
+	}
+	if diff := cmp.Diff(Default(testPlugins), c); diff != "" {
+		t.Errorf("Load(missing, false) mismatch (-want +got):\n%s", diff)
+	}
+
+	_, _, err = Load(path, true, testPlugins)
+	if !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), path) {
+		t.Errorf("Load(missing, true) = %v, want a not found error naming %s", err, path)
+	}
+}
+
+func TestResolvePluginID(t *testing.T) {
+	tests := []struct {
+		name   string
+		wantID string
+		wantOK bool
+	}{
+		{"bolt", "io.containerd.metadata.v1.bolt", true},
+		{"io.containerd.metadata.v1.bolt", "io.containerd.metadata.v1.bolt", true},
+		{"io.containerd.metadata.v1", "", false},
+		{"cri", "", false},
+		{"", "", false},
+	}
+	for _, tt := range tests {
+		p, ok := ResolvePluginID(testPlugins, tt.name)
+		got := ""
+		if ok {
+			got = p.FullID()
+		}
+		if got != tt.wantID || ok != tt.wantOK {
+			t.Errorf("ResolvePluginID(%q) = %q, %v; want %q, %v", tt.name, got, ok, tt.wantID, tt.wantOK)
+		}
+	}
+}
+
+func TestPluginSection(t *testing.T) {
+	c, _, err := Parse([]byte("[plugins.linux]\npath = \"/bin/rt\"\n"), testPlugins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		id, wantPath, wantSection string
+	}{
+		{"linux", "/bin/rt", "runtime = \"runc\"\nno_shim = false\nshim_debug = false\n"},
+		{"io.containerd.runtime.v1.linux", "/bin/rt", "runtime = \"runc\"\nno_shim = false\nshim_debug = false\n"},
+		{"content", "", ""},
+		{"cri", "", ""},
+	}
+	for _, tt := range tests {
+		path, section := c.PluginSection(tt.id)
+		if path != tt.wantPath || section != tt.wantSection {
+			t.Errorf("PluginSection(%q) = %q, %q; want %q, %q", tt.id, path, section, tt.wantPath, tt.wantSection)
+		}
+	}
+}
+
+func TestValidateAfterChange(t *testing.T) {
+	c := Default(nil)
+	c.Root = "relative"
+	c.Debug.Level = "loud"
+	err := c.Validate()
+	if !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("Validate() = %v, want invalid argument", err)
+	}
+	for _, w := range []string{"root:", "debug.level:"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("Validate() = %v, want %q in it", err, w)
+		}
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	f.Add([]byte(containerdFile))
+	f.Add([]byte("version = 2\n[grpc]\nadress = 1\n"))
+	f.Add([]byte("[plugins.bolt]\nsync = \"x\"\n[plugins.\"io.containerd.metadata.v1.bolt\"]\n"))
+	f.Add([]byte("metrics = { address = \"\" }\n[[debug]]\n"))
+	var buf bytes.Buffer
+	if _, err := Default(testPlugins).WriteTo(&buf); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(buf.Bytes())
+
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(dir, "config.toml")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, _, err := Load(path, true, testPlugins)
+		if err != nil {
+			return
+		}
+		// Whatever loads must dump and load back unchanged.
+		var out bytes.Buffer
+		if _, err := c.WriteTo(&out); err != nil {
+			t.Fatalf("WriteTo: %v", err)
+		}
+		again, _, err := Parse(out.Bytes(), testPlugins)
+		if err != nil {
+			t.Fatalf("Parse(WriteTo(Load)) error: %v\n%s", err, out.String())
+		}
+		if diff := cmp.Diff(c, again); diff != "" {
+			t.Fatalf("Parse(WriteTo(Load)) mismatch (-want +got):\n%s", diff)
+		}
+	})
+}
