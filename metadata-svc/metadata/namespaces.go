@@ -105,7 +105,11 @@ func (s *NamespaceStore) Update(
 		if err != nil {
 			return err
 		}
-		if err := u.apply(b.Bucket(keyLabels)); err != nil {
+		lb, err := b.CreateBucketIfNotExists(keyLabels)
+		if err == nil {
+			err = u.apply(lb)
+		}
+		if err != nil {
 			return fmt.Errorf("update namespace %q: %w", name, err)
 		}
 		return fillNamespace(tx, name, ns)

@@ -47,7 +47,7 @@ func NewNamespaces(
 	return &Namespaces{store: store, events: events, log: log}
 }
 
-// Register registers the service on s.
+// Register registers the service on gs.
 func (s *Namespaces) Register(gs *grpc.Server) {
 	api.RegisterNamespacesServer(gs, s)
 }
@@ -84,7 +84,8 @@ func (s *Namespaces) Create(
 	req *api.CreateNamespaceRequest,
 ) (*api.CreateNamespaceResponse, error) {
 	if req.GetNamespace() == nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "create namespace: no namespace in request")
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument,
+			"create namespace: no namespace in request")
 	}
 	name := req.GetNamespace().GetName()
 	ns, err := s.store.Create(withCall(ctx), name, req.GetNamespace().GetLabels())
@@ -107,7 +108,8 @@ func (s *Namespaces) Update(
 	req *api.UpdateNamespaceRequest,
 ) (*api.UpdateNamespaceResponse, error) {
 	if req.GetNamespace() == nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "update namespace: no namespace in request")
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument,
+			"update namespace: no namespace in request")
 	}
 	name := req.GetNamespace().GetName()
 	paths := req.GetUpdateMask().GetPaths()

@@ -57,7 +57,7 @@ var Plugin = pluginkit.Plugin{
 // services on it.
 func initPlugin(ctx context.Context, ic *pluginkit.InitContext) error {
 	cfg, ok := ic.Config.(*Config)
-	if !ok {
+	if !ok || cfg == nil {
 		return fmt.Errorf("init metadata plugin: config is %T, not *Config: %w",
 			ic.Config, errdefs.ErrInvalidArgument)
 	}

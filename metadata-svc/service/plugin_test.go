@@ -61,18 +61,31 @@ func TestConfig(t *testing.T) {
 }
 
 func TestInitRejectsBadConfig(t *testing.T) {
-	ic := &pluginkit.InitContext{
-		Root:   t.TempDir(),
-		Config: &service.Config{ContentSharingPolicy: "bogus"},
-		Server: grpc.NewServer(),
-		Log:    zerolog.Nop(),
+	tests := []struct {
+		name string
+		cfg  any
+	}{
+		{"unknown policy", &service.Config{ContentSharingPolicy: "bogus"}},
+		{"empty policy", &service.Config{}},
+		{"wrong type", "shared"},
+		{"nil", nil},
 	}
-	err := service.Plugin.Init(context.Background(), ic)
-	if !errdefs.IsInvalidArgument(err) {
-		t.Fatalf("Init error = %v, want invalid argument", err)
-	}
-	if _, err := os.Stat(filepath.Join(ic.Root, service.DBName)); !os.IsNotExist(err) {
-		t.Errorf("meta.db exists after a failed Init: %v", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ic := &pluginkit.InitContext{
+				Root:   t.TempDir(),
+				Config: tt.cfg,
+				Server: grpc.NewServer(),
+				Log:    zerolog.Nop(),
+			}
+			err := service.Plugin.Init(context.Background(), ic)
+			if !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("Init error = %v, want invalid argument", err)
+			}
+			if _, err := os.Stat(filepath.Join(ic.Root, service.DBName)); !os.IsNotExist(err) {
+				t.Errorf("meta.db exists after a failed Init: %v", err)
+			}
+		})
 	}
 }
 
