@@ -35,6 +35,8 @@ const MaxMsgSize = 16 << 20
 // and exits when the supervisor closes it. It never returns.
 func Main(plugins ...Plugin) {
 	log := NewLogger(os.Stderr, os.Getenv(EnvLogLevel))
+	// The plugin's socket and files are for the supervisor alone.
+	syscall.Umask(0o077)
 	id := os.Getenv(EnvID)
 	for _, p := range plugins {
 		if p.ID == id {
