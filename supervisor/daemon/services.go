@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	introspectionapi "github.com/containerd/containerd/api/services/introspection/v1"
@@ -68,7 +69,14 @@ func (s *introspectionService) rows() []*introspectionapi.Plugin {
 	}
 	for _, in := range s.host.Instances() {
 		st := in.Status()
-		row := &introspectionapi.Plugin{Type: st.Type, ID: st.ID, Exports: st.Exports}
+		row := &introspectionapi.Plugin{Type: st.Type, ID: st.ID, Exports: map[string]string{
+			"state":    string(st.State),
+			"pid":      strconv.Itoa(st.Pid),
+			"restarts": strconv.Itoa(st.Restarts),
+		}}
+		for k, v := range st.Exports {
+			row.Exports[k] = v
+		}
 		if st.State != host.Running {
 			row.InitErr = &rpcstatus.Status{
 				Code:    int32(codes.Unavailable),
