@@ -225,7 +225,9 @@ func isPublicService(name string) bool {
 }
 
 // DecodeConfig decodes a plugin's TOML section onto a fresh default
-// configuration. Keys the plugin does not know are an error naming them.
+// configuration. Keys the plugin does not know are an error naming them, and
+// a configuration with a Validate() error method must pass it, so that the
+// supervisor refuses a bad section before it starts anything.
 func DecodeConfig(p Plugin, section string) (any, error) {
 	if p.Config == nil {
 		if strings.TrimSpace(section) != "" {
@@ -244,6 +246,11 @@ func DecodeConfig(p Plugin, section string) (any, error) {
 			keys[i] = k.String()
 		}
 		return nil, fmt.Errorf("plugins.%s: unknown key %s: %w", p.ID, strings.Join(keys, ", "), errdefs.ErrInvalidArgument)
+	}
+	if v, ok := cfg.(interface{ Validate() error }); ok {
+		if err := v.Validate(); err != nil {
+			return nil, err
+		}
 	}
 	return cfg, nil
 }
