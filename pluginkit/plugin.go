@@ -25,9 +25,12 @@ type Plugin struct {
 	// Config returns a pointer to a new configuration holding the defaults.
 	// The plugin's TOML section is decoded onto it. Nil means no options.
 	Config func() any
-	// Init prepares the plugin and registers its public services on
-	// ic.Server. It runs once per process, before any call is served.
+	// Init prepares the plugin and registers its services on ic.Server. It
+	// runs once per process, before any call is served.
 	Init func(ctx context.Context, ic *InitContext) error
+	// Private plugins serve other plugins only: the supervisor routes no
+	// public call to them, only calls made with InitContext.Dial.
+	Private bool
 }
 
 // FullID is the plugin's type and id joined by a dot, the name containerd

@@ -192,7 +192,7 @@ func (h *host) Info(ctx context.Context, _ *pluginv1.InfoRequest) (*pluginv1.Inf
 	s := h.server
 	h.mu.Unlock()
 	for name := range s.GetServiceInfo() {
-		if isPublicService(name) {
+		if !h.plugin.Private && isPublicService(name) {
 			resp.Services = append(resp.Services, name)
 		}
 	}
