@@ -1,6 +1,6 @@
 # corral: containerd's public API served by a supervisor and plugin processes.
 
-MODULES    := proto pluginkit supervisor metadata-svc shim cmd integration bench
+MODULES    := proto pluginkit supervisor metadata-svc content-svc shim cmd integration bench
 TOOLS_BIN  := $(CURDIR)/.tools/bin
 RUN_DIR    := $(CURDIR)/.run
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -22,6 +22,8 @@ deps:
 build:
 	go build -ldflags "$(LDFLAGS)" -o bin/containerd ./cmd/containerd
 	go build -ldflags "$(LDFLAGS)" -o bin/metadata-svc ./metadata-svc/cmd/metadata-svc
+	@if [ -d content-svc/cmd/content-svc ]; then \
+		go build -ldflags "$(LDFLAGS)" -o bin/content-svc ./content-svc/cmd/content-svc; fi
 	@if [ -d shim/cmd/containerd-shim-corral-v2 ]; then \
 		go build -o bin/containerd-shim-corral-v2 ./shim/cmd/containerd-shim-corral-v2; fi
 

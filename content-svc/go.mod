@@ -1,0 +1,3 @@
+module corral.dev/content-svc
+
+go 1.26.6
