@@ -1,0 +1,140 @@
+//go:build linux
+
+package integration
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"corral.dev/pluginkit/testkit"
+)
+
+// scrape gets /v1/metrics from addr and parses the text format.
+func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
+	t.Helper()
+	families, _ := scrapeRaw(t, addr)
+	return families
+}
+
+// scrapeRaw gets /v1/metrics from addr and returns it parsed and as text.
+func scrapeRaw(t *testing.T, addr string) (map[string]*dto.MetricFamily, []byte) {
+	t.Helper()
+	hc := &http.Client{Timeout: 10 * time.Second}
+	resp, err := hc.Get("http://" + addr + "/v1/metrics")
+	if err != nil {
+		t.Fatalf("get metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read metrics: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("get metrics: %s\n%s", resp.Status, body)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse metrics: %v\n%s", err, body)
+	}
+	return families, body
+}
+
+// labelsOf returns a metric's labels as a map.
+func labelsOf(m *dto.Metric) map[string]string {
+	labels := make(map[string]string, len(m.GetLabel()))
+	for _, l := range m.GetLabel() {
+		labels[l.GetName()] = l.GetValue()
+	}
+	return labels
+}
+
+// pluginSeries returns the metrics of family name labelled plugin=id.
+func pluginSeries(families map[string]*dto.MetricFamily, name, id string) []*dto.Metric {
+	var ms []*dto.Metric
+	for _, m := range families[name].GetMetric() {
+		if labelsOf(m)["plugin"] == id {
+			ms = append(ms, m)
+		}
+	}
+	return ms
+}
+
+// metricValue returns the value of the one series of counter or gauge name
+// labelled plugin=id, failing t when there is not exactly one.
+func metricValue(t *testing.T, families map[string]*dto.MetricFamily, name, id string) float64 {
+	t.Helper()
+	ms := pluginSeries(families, name, id)
+	if len(ms) != 1 {
+		t.Fatalf("%s{plugin=%q}: %d series, want 1", name, id, len(ms))
+	}
+	switch m := ms[0]; {
+	case m.Counter != nil:
+		return m.GetCounter().GetValue()
+	case m.Gauge != nil:
+		return m.GetGauge().GetValue()
+	case m.Untyped != nil:
+		return m.GetUntyped().GetValue()
+	}
+	t.Fatalf("%s{plugin=%q} is neither a counter nor a gauge", name, id)
+	return 0
+}
+
+// TestMetrics scrapes /v1/metrics: it parses with expfmt, promlint finds
+// nothing, and it holds the supervisor's own families and bolt's.
+func TestMetrics(t *testing.T) {
+	testkit.RequiresRoot(t)
+	d := startDaemon(t, settings{})
+	d.runningPlugin(t, boltID)
+	// One call on the public socket, so that the gRPC families have series.
+	mustRun(t, "/usr/bin/ctr", "--address", d.Socket, "namespaces", "ls")
+
+	families, body := scrapeRaw(t, d.MetricsAddr)
+	problems, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+
+	// The supervisor's own families, without a plugin label.
+	for _, name := range []string{
+		"go_goroutines", "process_resident_memory_bytes", "process_cpu_seconds_total",
+		"grpc_server_handled_total", "grpc_server_handling_seconds",
+	} {
+		if !slices.ContainsFunc(families[name].GetMetric(), func(m *dto.Metric) bool {
+			_, ok := labelsOf(m)["plugin"]
+			return !ok
+		}) {
+			t.Errorf("no %s series of the supervisor (without a plugin label)", name)
+		}
+	}
+
+	// The plugin's own families, labelled with its id, and its state.
+	for _, name := range []string{
+		"go_goroutines", "process_resident_memory_bytes", "process_cpu_seconds_total",
+	} {
+		if len(pluginSeries(families, name, boltID)) == 0 {
+			t.Errorf("no %s{plugin=%q} series", name, boltID)
+		}
+	}
+	if v := metricValue(t, families, "process_resident_memory_bytes", boltID); v <= 0 {
+		t.Errorf(`process_resident_memory_bytes{plugin="bolt"} = %v, want > 0`, v)
+	}
+	if v := metricValue(t, families, "corral_plugin_up", boltID); v != 1 {
+		t.Errorf(`corral_plugin_up{plugin="bolt"} = %v, want 1`, v)
+	}
+	if v := metricValue(t, families, "corral_plugin_restarts_total", boltID); v != 0 {
+		t.Errorf(`corral_plugin_restarts_total{plugin="bolt"} = %v, want 0`, v)
+	}
+}

@@ -1,0 +1,175 @@
+//go:build linux
+
+package integration
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/google/go-cmp/cmp"
+
+	"corral.dev/pluginkit/testkit"
+)
+
+// Shape of the call loop: loopCalls namespace calls, with the plugin
+// disturbed once loopDisturbAt of them have returned.
+const (
+	loopCalls     = 500
+	loopDisturbAt = 150
+)
+
+// callLoop makes n namespace calls through store, in groups of five on a
+// namespace of its own: Create, SetLabel, List, Labels, Delete. Each call
+// must succeed exactly once: a Create that answers AlreadyExists or a
+// Delete that answers NotFound was run twice. done counts returned calls.
+func callLoop(ctx context.Context, store namespaces.Store, prefix string, n int, done *atomic.Int64) []error {
+	var errs []error
+	fail := func(i int, ns, op string, err error) {
+		errs = append(errs, fmt.Errorf("call %d: %s %s: %w", i, op, ns, err))
+	}
+	for i := range n {
+		k := i / 5
+		ns := fmt.Sprintf("%s-%d", prefix, k)
+		want := map[string]string{"k": strconv.Itoa(k), "step": "set"}
+		switch i % 5 {
+		case 0:
+			if err := store.Create(ctx, ns, map[string]string{"k": strconv.Itoa(k)}); err != nil {
+				fail(i, ns, "Create", err)
+			}
+		case 1:
+			if err := store.SetLabel(ctx, ns, "step", "set"); err != nil {
+				fail(i, ns, "SetLabel", err)
+			}
+		case 2:
+			list, err := store.List(ctx)
+			if err == nil && !slices.Contains(list, ns) {
+				err = fmt.Errorf("not listed in %q", list)
+			}
+			if err != nil {
+				fail(i, ns, "List", err)
+			}
+		case 3:
+			labels, err := store.Labels(ctx, ns)
+			if err == nil && !cmp.Equal(want, labels) {
+				err = fmt.Errorf("labels %v, want %v", labels, want)
+			}
+			if err != nil {
+				fail(i, ns, "Labels", err)
+			}
+		case 4:
+			if err := store.Delete(ctx, ns); err != nil {
+				fail(i, ns, "Delete", err)
+			}
+		}
+		done.Add(1)
+	}
+	return errs
+}
+
+// loopWhile runs callLoop against d and calls disturb once loopDisturbAt
+// calls have returned. It fails t for every call that failed, and when
+// disturb ran only after the loop had ended.
+func loopWhile(t *testing.T, d *daemon, disturb func()) {
+	t.Helper()
+	store := newClient(t, d).NamespaceService()
+	ctx := clientContext(t)
+	var done atomic.Int64
+	result := make(chan []error, 1)
+	prefix := uniqueNS("loop")
+	start := time.Now()
+	go func() { result <- callLoop(ctx, store, prefix, loopCalls, &done) }()
+
+	if !waitForFast(30*time.Second, func() bool { return done.Load() >= loopDisturbAt }) {
+		t.Fatalf("only %d of %d calls returned in 30s", done.Load(), loopDisturbAt)
+	}
+	disturb()
+	at := done.Load()
+
+	errs := <-result
+	t.Logf("%d calls in %v, disturbed after call %d", loopCalls, time.Since(start), at)
+	for _, err := range errs {
+		t.Error(err)
+	}
+	if at >= loopCalls {
+		t.Errorf("the loop had ended (%d calls) before the plugin was disturbed", at)
+	}
+}
+
+// waitForFast is waitFor polling every millisecond.
+func waitForFast(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
+}
+
+// TestPluginKilled kills the bolt plugin process with SIGKILL in the middle
+// of a loop of namespace calls: every call succeeds exactly once, the
+// supervisor starts a new process by itself, and the restart shows in
+// `containerd plugins ls`, in ctr plugins ls and in the metrics.
+func TestPluginKilled(t *testing.T) {
+	testkit.RequiresRoot(t)
+	d := startDaemon(t, settings{})
+	old := d.runningPlugin(t, boltID)
+	if !slices.Contains(childPIDs(d.Pid), old.Pid) {
+		t.Fatalf("bolt pid %d is not a child of daemon %d (children %v)", old.Pid, d.Pid, childPIDs(d.Pid))
+	}
+
+	loopWhile(t, d, func() {
+		if err := syscall.Kill(old.Pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill -9 bolt %d: %v", old.Pid, err)
+		}
+	})
+
+	now := d.runningPlugin(t, boltID)
+	if now.Pid == old.Pid || !alive(now.Pid) {
+		t.Errorf("bolt pid %d after the kill (was %d), want a new live process", now.Pid, old.Pid)
+	}
+	if alive(old.Pid) {
+		t.Errorf("killed bolt process %d is still there", old.Pid)
+	}
+	if now.Restarts != 1 {
+		t.Errorf("containerd plugins ls: bolt restarts = %d, want 1", now.Restarts)
+	}
+	if got := metricValue(t, scrape(t, d.MetricsAddr), "corral_plugin_restarts_total", boltID); got != 1 {
+		t.Errorf(`corral_plugin_restarts_total{plugin="bolt"} = %v, want 1`, got)
+	}
+	for _, c := range ctrTools(t) {
+		if row := ctrPlugins(t, c, d)[boltID]; len(row) != 4 || row[3] != "ok" {
+			t.Errorf("%s plugins ls: bolt row %q, want status ok", c.name, row)
+		}
+	}
+	checkClientPlugins(t, clientContext(t), newClient(t, d))
+}
+
+// TestPluginRestartCommand restarts the bolt plugin with `containerd plugins
+// restart` in the middle of a loop of namespace calls: no call fails and a
+// new process serves.
+func TestPluginRestartCommand(t *testing.T) {
+	testkit.RequiresRoot(t)
+	d := startDaemon(t, settings{})
+	old := d.runningPlugin(t, boltID)
+
+	loopWhile(t, d, func() {
+		mustRun(t, containerdBin, "-c", d.Config, "-a", d.Socket, "plugins", "restart", boltID)
+	})
+
+	now := d.runningPlugin(t, boltID)
+	if now.Pid == old.Pid || !alive(now.Pid) {
+		t.Errorf("bolt pid %d after the restart (was %d), want a new live process", now.Pid, old.Pid)
+	}
+	if !waitGone(old.Pid, 5*time.Second) {
+		t.Errorf("old bolt process %d still running after the restart", old.Pid)
+	}
+}
