@@ -1,0 +1,146 @@
+package sidebyside
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// clockTick is the unit of utime and stime in /proc/<pid>/stat. Linux has
+// reported USER_HZ as 100 on every architecture Go supports for decades.
+const clockTick = 10 * time.Millisecond
+
+// procStat is what the benchmark reads from one /proc/<pid>/stat.
+type procStat struct {
+	pid  int
+	ppid int
+	comm string
+	cpu  time.Duration // utime + stime
+}
+
+// readStat parses /proc/<pid>/stat.
+func readStat(pid int) (procStat, error) {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return procStat{}, fmt.Errorf("read stat of pid %d: %w", pid, err)
+	}
+	return parseStat(pid, data)
+}
+
+// parseStat parses the text of /proc/<pid>/stat. The command name is in
+// parentheses and may itself hold spaces and parentheses, so the fields
+// are counted from the last ')'.
+func parseStat(pid int, data []byte) (procStat, error) {
+	open, end := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
+	if open < 0 || end < open {
+		return procStat{}, fmt.Errorf("parse stat of pid %d: no command name", pid)
+	}
+	// After the name: state(3) ppid(4) ... utime(14) stime(15).
+	fields := bytes.Fields(data[end+1:])
+	if len(fields) < 13 {
+		return procStat{}, fmt.Errorf("parse stat of pid %d: %d fields", pid, len(fields)+2)
+	}
+	var nums [3]int64
+	for i, f := range []int{1, 11, 12} {
+		n, err := strconv.ParseInt(string(fields[f]), 10, 64)
+		if err != nil {
+			return procStat{}, fmt.Errorf("parse stat of pid %d: field %d: %w", pid, f+3, err)
+		}
+		nums[i] = n
+	}
+	return procStat{
+		pid:  pid,
+		ppid: int(nums[0]),
+		comm: string(data[open+1 : end]),
+		cpu:  time.Duration(nums[1]+nums[2]) * clockTick,
+	}, nil
+}
+
+// CPU is the processor time a daemon's processes have used, split into the
+// daemon process itself and its descendants (plugins, shims).
+type CPU struct {
+	Daemon   time.Duration
+	Children map[int]time.Duration // by pid
+}
+
+// Total is the daemon's time plus its descendants'.
+func (c CPU) Total() time.Duration {
+	t := c.Daemon
+	for _, d := range c.Children {
+		t += d
+	}
+	return t
+}
+
+// ChildTotal is the time of the descendants alone.
+func (c CPU) ChildTotal() time.Duration {
+	return c.Total() - c.Daemon
+}
+
+// Sub returns the time used between before and c. A descendant that is
+// new in c counts from zero; one that exited in between is lost, which the
+// workloads avoid by not restarting anything.
+func (c CPU) Sub(before CPU) CPU {
+	out := CPU{Daemon: c.Daemon - before.Daemon, Children: make(map[int]time.Duration)}
+	for pid, d := range c.Children {
+		out.Children[pid] = d - before.Children[pid]
+	}
+	return out
+}
+
+// ReadCPU sums utime and stime of pid and of every live descendant of pid.
+func ReadCPU(pid int) (CPU, error) {
+	root, err := readStat(pid)
+	if err != nil {
+		return CPU{}, err
+	}
+	all, err := allStats()
+	if err != nil {
+		return CPU{}, err
+	}
+	cpu := CPU{Daemon: root.cpu, Children: make(map[int]time.Duration)}
+	for _, s := range all {
+		if s.pid != pid && descends(all, s, pid) {
+			cpu.Children[s.pid] = s.cpu
+		}
+	}
+	return cpu, nil
+}
+
+// allStats reads the stat of every process; processes that exit while it
+// reads are skipped.
+func allStats() (map[int]procStat, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("list processes: %w", err)
+	}
+	out := make(map[int]procStat, len(entries))
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if s, err := readStat(pid); err == nil {
+			out[pid] = s
+		}
+	}
+	return out, nil
+}
+
+// descends reports whether s has ancestor among its parents in all.
+func descends(all map[int]procStat, s procStat, ancestor int) bool {
+	for range len(all) {
+		if s.ppid == ancestor {
+			return true
+		}
+		parent, ok := all[s.ppid]
+		if !ok {
+			return false
+		}
+		s = parent
+	}
+	return false
+}
