@@ -18,6 +18,7 @@ require (
 )
 
 require (
+	corral.dev/pluginkit v0.0.0
 	github.com/cilium/ebpf v0.16.0 // indirect
 	github.com/containerd/log v0.1.0 // indirect
 	github.com/coreos/go-systemd/v22 v22.7.0 // indirect
@@ -34,3 +35,5 @@ require (
 	google.golang.org/grpc v1.81.1 // indirect
 	google.golang.org/protobuf v1.36.11 // indirect
 )
+
+replace corral.dev/pluginkit => ../pluginkit
