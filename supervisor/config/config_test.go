@@ -43,6 +43,21 @@ var testPlugins = []pluginkit.Plugin{
 	{Type: "io.containerd.content.v1", ID: "content"},
 }
 
+// The sections of testPlugins at their defaults, as Section holds them.
+const (
+	boltDefaults = `content_sharing_policy = "shared"
+sync = false
+
+[gc]
+  pause_threshold = 0.02
+  interval = 0
+`
+	linuxDefaults = `runtime = "runc"
+no_shim = false
+shim_debug = false
+`
+)
+
 func writeFile(t *testing.T, doc string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.toml")
@@ -87,8 +102,9 @@ func TestDefaultValues(t *testing.T) {
 	if c.Version != 2 || c.Root != "/var/lib/containerd" || c.State != "/run/containerd" {
 		t.Errorf("Default() = version %d root %q state %q", c.Version, c.Root, c.State)
 	}
-	if c.GRPC.Address != "/run/containerd/containerd.sock" || c.GRPC.MaxRecvMessageSize != 16777216 ||
-		c.GRPC.MaxSendMessageSize != 16777216 {
+	g := c.GRPC
+	if g.Address != "/run/containerd/containerd.sock" ||
+		g.MaxRecvMessageSize != 16777216 || g.MaxSendMessageSize != 16777216 {
 		t.Errorf("Default().GRPC = %+v", c.GRPC)
 	}
 	if c.Debug.Address != "" || c.Debug.Level != "info" || c.Debug.Format != "text" {
@@ -101,9 +117,8 @@ func TestDefaultValues(t *testing.T) {
 		t.Errorf("Default().Validate() = %v", err)
 	}
 	path, section := c.PluginSection("bolt")
-	want := "content_sharing_policy = \"shared\"\nsync = false\n\n[gc]\n  pause_threshold = 0.02\n  interval = 0\n"
-	if path != "" || section != want {
-		t.Errorf("PluginSection(bolt) = %q, %q; want \"\", %q", path, section, want)
+	if path != "" || section != boltDefaults {
+		t.Errorf("PluginSection(bolt) = %q, %q; want \"\", %q", path, section, boltDefaults)
 	}
 }
 
@@ -172,11 +187,12 @@ func TestLoadContainerdFile(t *testing.T) {
 	want.PluginHost.CallWaitTimeout = Duration(time.Minute)
 	want.Plugins["io.containerd.metadata.v1.bolt"] = PluginConfig{
 		Type: "io.containerd.metadata.v1", ID: "bolt",
-		Section: "content_sharing_policy = \"isolated\"\nsync = false\n\n[gc]\n  pause_threshold = 0.02\n  interval = 5\n",
+		Section: strings.NewReplacer(`"shared"`, `"isolated"`, "interval = 0", "interval = 5").
+			Replace(boltDefaults),
 	}
 	want.Plugins["io.containerd.runtime.v1.linux"] = PluginConfig{
 		Type: "io.containerd.runtime.v1", ID: "linux", Path: "/opt/corral/runtime-linux",
-		Section: "runtime = \"runc\"\nno_shim = false\nshim_debug = true\n",
+		Section: strings.Replace(linuxDefaults, "shim_debug = false", "shim_debug = true", 1),
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("Load mismatch (-want +got):\n%s", diff)
@@ -206,7 +222,8 @@ func TestLoadContainerdFile(t *testing.T) {
 
 func TestLoadVersions(t *testing.T) {
 	for _, v := range []string{"1", "2", "3"} {
-		c, _, err := Parse([]byte("version = "+v+"\n[plugins.linux]\nno_shim = true\n"), testPlugins)
+		doc := "version = " + v + "\n[plugins.linux]\nno_shim = true\n"
+		c, _, err := Parse([]byte(doc), testPlugins)
 		if err != nil {
 			t.Errorf("Parse(version = %s) error: %v", v, err)
 			continue
@@ -223,49 +240,73 @@ func TestLoadErrors(t *testing.T) {
 		doc  string
 		want []string // substrings of the error
 	}{
-		{"unknown top-level key", "version = 2\nroot_dir = \"/x\"\n", []string{`line 2: unknown key "root_dir"`}},
-		{"unknown section", "[grpc]\naddress = \"/x.sock\"\n\n[cgroup]\npath = \"\"\n", []string{`line 4: unknown key "cgroup"`}},
-		{"unknown grpc key", "[grpc]\n  adress = \"/x.sock\"\n", []string{`line 2: unknown key "grpc.adress"`}},
-		{"unknown dotted key", "debug.levle = \"info\"\n", []string{`line 1: unknown key "debug.levle"`}},
-		{"unknown keys in inline table", "metrics = { address = \"\", histogram = true }\n", []string{`line 1: unknown key "metrics.histogram"`}},
-		{"unknown plugin_host key", "[plugin_host]\ncall_timeout = \"1s\"\n", []string{`line 2: unknown key "plugin_host.call_timeout"`}},
+		{"unknown top-level key", "version = 2\nroot_dir = \"/x\"\n",
+			[]string{`line 2: unknown key "root_dir"`}},
+		{"unknown section", "[grpc]\naddress = \"/x.sock\"\n\n[cgroup]\npath = \"\"\n",
+			[]string{`line 4: unknown key "cgroup"`}},
+		{"unknown grpc key", "[grpc]\n  adress = \"/x.sock\"\n",
+			[]string{`line 2: unknown key "grpc.adress"`}},
+		{"unknown dotted key", "debug.levle = \"info\"\n",
+			[]string{`line 1: unknown key "debug.levle"`}},
+		{"unknown keys in inline table", "metrics = { address = \"\", histogram = true }\n",
+			[]string{`line 1: unknown key "metrics.histogram"`}},
+		{"unknown plugin_host key", "[plugin_host]\ncall_timeout = \"1s\"\n",
+			[]string{`line 2: unknown key "plugin_host.call_timeout"`}},
 		{"several unknown keys", "[ttrpc]\nadress = \"\"\n[debug]\nlevle = \"info\"\n", []string{
 			`line 2: unknown key "ttrpc.adress"`, `line 4: unknown key "debug.levle"`}},
 		{"unknown plugin option", "[plugins.bolt]\ncontent_sharing = \"isolated\"\n", []string{
 			`line 2: unknown key "plugins.bolt.content_sharing"`}},
-		{"unknown nested plugin option", "[plugins.\"io.containerd.metadata.v1.bolt\".gc]\nperiod = 3\n", []string{
-			`line 2: unknown key plugins."io.containerd.metadata.v1.bolt".gc.period`}},
+		{"unknown nested plugin option", "[plugins.\"io.containerd.metadata.v1.bolt\".gc]\nperiod = 3\n",
+			[]string{
+				`line 2: unknown key plugins."io.containerd.metadata.v1.bolt".gc.period`}},
 		{"option for plugin without options", "[plugins.content]\nsync = true\n", []string{
 			`line 2: unknown key "plugins.content.sync"`}},
-		{"wrong type top-level", "version = 2\noom_score = \"high\"\n", []string{"line 2", "oom_score", "incompatible types"}},
+		{"wrong type top-level", "version = 2\noom_score = \"high\"\n",
+			[]string{"line 2", "oom_score", "incompatible types"}},
 		{"wrong type grpc", "[grpc]\nuid = \"root\"\n", []string{"line 2", "grpc.uid"}},
 		{"wrong type section", "grpc = 3\n", []string{"line 1", "grpc"}},
-		{"wrong type plugin option", "[plugins.bolt]\nsync = \"yes\"\n", []string{"line 2", "plugins.bolt.sync", "incompatible types"}},
-		{"wrong type plugin path", "[plugins.linux]\npath = 1\n", []string{"line 2", "plugins.linux.path"}},
-		{"wrong type plugin section", "[plugins]\nbolt = 1\n", []string{"line 2: plugins.bolt must be a table, not integer"}},
+		{"wrong type plugin option", "[plugins.bolt]\nsync = \"yes\"\n",
+			[]string{"line 2", "plugins.bolt.sync", "incompatible types"}},
+		{"wrong type plugin path", "[plugins.linux]\npath = 1\n",
+			[]string{"line 2", "plugins.linux.path"}},
+		{"wrong type plugin section", "[plugins]\nbolt = 1\n",
+			[]string{"line 2: plugins.bolt must be a table, not integer"}},
 		{"wrong type list", "disabled_plugins = \"cri\"\n", []string{"line 1", "disabled_plugins"}},
-		{"broken toml", "version = 2\n[grpc\naddress = \"x\"\n", []string{"line 2, column 6: expected '.' or ']'"}},
+		{"broken toml", "version = 2\n[grpc\naddress = \"x\"\n",
+			[]string{"line 2, column 6: expected '.' or ']'"}},
 		{"broken array", "a = [1,\n2,\n", []string{"line 2, column 3: unexpected EOF"}},
 		{"duplicate key", "root = \"/a\"\nroot = \"/b\"\n", []string{"line 2", "root"}},
 		{"unterminated string", "[debug]\nlevel = \"info\n", []string{"line 2, column 14"}},
-		{"plugin configured twice", "[plugins.bolt]\nsync = true\n[plugins.\"io.containerd.metadata.v1.bolt\"]\nsync = false\n", []string{
-			"line 3: plugin io.containerd.metadata.v1.bolt is configured twice",
-			`as plugins.bolt and plugins."io.containerd.metadata.v1.bolt"`}},
+		{"plugin configured twice", "[plugins.bolt]\nsync = true\n[plugins.\"io.containerd.metadata.v1.bolt\"]\nsync = false\n",
+			[]string{
+				"line 3: plugin io.containerd.metadata.v1.bolt is configured twice",
+				`as plugins.bolt and plugins."io.containerd.metadata.v1.bolt"`}},
 		{"version 4", "version = 4\n", []string{`line 1: version: unsupported version 4`}},
-		{"relative root", "root = \"var/lib\"\n", []string{`line 1: root: "var/lib" is not an absolute path`}},
-		{"oom score range", "oom_score = -1001\n", []string{"oom_score: -1001 is outside -1000..1000"}},
-		{"imports", "imports = [\"/etc/containerd/conf.d/*.toml\"]\n", []string{"line 1: imports: not supported"}},
-		{"tcp address", "[grpc]\ntcp_address = \"0.0.0.0:1234\"\n", []string{"line 2: grpc.tcp_address: not supported"}},
-		{"tcp tls key", "[grpc]\ntcp_tls_key = \"/k\"\n", []string{"grpc.tcp_tls_key: not supported"}},
+		{"relative root", "root = \"var/lib\"\n",
+			[]string{`line 1: root: "var/lib" is not an absolute path`}},
+		{"oom score range", "oom_score = -1001\n",
+			[]string{"oom_score: -1001 is outside -1000..1000"}},
+		{"imports", "imports = [\"/etc/containerd/conf.d/*.toml\"]\n",
+			[]string{"line 1: imports: not supported"}},
+		{"tcp address", "[grpc]\ntcp_address = \"0.0.0.0:1234\"\n",
+			[]string{"line 2: grpc.tcp_address: not supported"}},
+		{"tcp tls key", "[grpc]\ntcp_tls_key = \"/k\"\n",
+			[]string{"grpc.tcp_tls_key: not supported"}},
 		{"negative uid", "[grpc]\nuid = -1\n", []string{"line 2: grpc.uid: must not be negative"}},
-		{"zero message size", "[grpc]\nmax_recv_message_size = 0\n", []string{"grpc.max_recv_message_size: must be positive"}},
-		{"bad level", "[debug]\nlevel = \"verbose\"\n", []string{`line 2: debug.level: unknown level "verbose"`}},
-		{"bad format", "[debug]\nformat = \"xml\"\n", []string{`debug.format: unknown format "xml"`}},
-		{"bad duration", "[plugin_host]\ncall_wait_timeout = \"soon\"\n", []string{"line 2", "plugin_host.call_wait_timeout", "soon"}},
-		{"duration without unit", "[plugin_host]\nrestart_backoff_max = 10\n", []string{"line 2", "plugin_host.restart_backoff_max"}},
+		{"zero message size", "[grpc]\nmax_recv_message_size = 0\n",
+			[]string{"grpc.max_recv_message_size: must be positive"}},
+		{"bad level", "[debug]\nlevel = \"verbose\"\n",
+			[]string{`line 2: debug.level: unknown level "verbose"`}},
+		{"bad format", "[debug]\nformat = \"xml\"\n",
+			[]string{`debug.format: unknown format "xml"`}},
+		{"bad duration", "[plugin_host]\ncall_wait_timeout = \"soon\"\n",
+			[]string{"line 2", "plugin_host.call_wait_timeout", "soon"}},
+		{"duration without unit", "[plugin_host]\nrestart_backoff_max = 10\n",
+			[]string{"line 2", "plugin_host.restart_backoff_max"}},
 		{"zero duration", "[plugin_host]\nrestart_backoff_max = \"0s\"\n", []string{
 			"line 2: plugin_host.restart_backoff_max: 0s is not a positive duration"}},
-		{"negative duration", "[plugin_host]\ncall_wait_timeout = \"-1s\"\n", []string{"plugin_host.call_wait_timeout: -1s is not"}},
+		{"negative duration", "[plugin_host]\ncall_wait_timeout = \"-1s\"\n",
+			[]string{"plugin_host.call_wait_timeout: -1s is not"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -298,7 +339,8 @@ func TestLoadAmbiguousShortID(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "use the full id") {
 		t.Errorf("Parse(ambiguous short id) = %v, want an error asking for the full id", err)
 	}
-	if _, _, err := Parse([]byte("[plugins.\"io.containerd.differ.v1.overlayfs\"]\n"), plugins); err != nil {
+	full := "[plugins.\"io.containerd.differ.v1.overlayfs\"]\n"
+	if _, _, err := Parse([]byte(full), plugins); err != nil {
 		t.Errorf("Parse(full id) = %v", err)
 	}
 }
@@ -339,7 +381,8 @@ func TestResolvePluginID(t *testing.T) {
 			got = p.FullID()
 		}
 		if got != tt.wantID || ok != tt.wantOK {
-			t.Errorf("ResolvePluginID(%q) = %q, %v; want %q, %v", tt.name, got, ok, tt.wantID, tt.wantOK)
+			t.Errorf("ResolvePluginID(%q) = %q, %v; want %q, %v",
+				tt.name, got, ok, tt.wantID, tt.wantOK)
 		}
 	}
 }
@@ -352,15 +395,16 @@ func TestPluginSection(t *testing.T) {
 	tests := []struct {
 		id, wantPath, wantSection string
 	}{
-		{"linux", "/bin/rt", "runtime = \"runc\"\nno_shim = false\nshim_debug = false\n"},
-		{"io.containerd.runtime.v1.linux", "/bin/rt", "runtime = \"runc\"\nno_shim = false\nshim_debug = false\n"},
+		{"linux", "/bin/rt", linuxDefaults},
+		{"io.containerd.runtime.v1.linux", "/bin/rt", linuxDefaults},
 		{"content", "", ""},
 		{"cri", "", ""},
 	}
 	for _, tt := range tests {
 		path, section := c.PluginSection(tt.id)
 		if path != tt.wantPath || section != tt.wantSection {
-			t.Errorf("PluginSection(%q) = %q, %q; want %q, %q", tt.id, path, section, tt.wantPath, tt.wantSection)
+			t.Errorf("PluginSection(%q) = %q, %q; want %q, %q",
+				tt.id, path, section, tt.wantPath, tt.wantSection)
 		}
 	}
 }

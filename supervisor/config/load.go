@@ -99,9 +99,9 @@ func (p *parser) parse() (*Config, error) {
 
 // pluginSections decodes each [plugins.<id>] section onto its plugin's
 // defaults, and returns the results by full id.
-func (p *parser) pluginSections(sections map[string]toml.Primitive) (map[string]PluginConfig, error) {
-	names := make([]string, 0, len(sections))
-	for name := range sections {
+func (p *parser) pluginSections(prims map[string]toml.Primitive) (map[string]PluginConfig, error) {
+	names := make([]string, 0, len(prims))
+	for name := range prims {
 		names = append(names, name)
 	}
 	sort.Strings(names)
@@ -130,7 +130,7 @@ func (p *parser) pluginSections(sections map[string]toml.Primitive) (map[string]
 		}
 		seen[pl.FullID()] = name
 
-		pc, err := p.pluginSection(pl, sections[name])
+		pc, err := p.pluginSection(pl, prims[name])
 		if err != nil {
 			return nil, err
 		}

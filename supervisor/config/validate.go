@@ -47,7 +47,7 @@ func (c *Config) normalize() {
 	}
 }
 
-// problems lists what is wrong with the settings, in file order.
+// problems lists what is wrong with the settings, section by section.
 func (c *Config) problems() []problem {
 	var probs []problem
 	add := func(msg string, key ...string) {
@@ -104,8 +104,8 @@ func (c *Config) grpcProblems(add addFunc) {
 func (c *Config) debugProblems(add addFunc) {
 	checkOwner(add, "debug", c.Debug.UID, c.Debug.GID)
 	if !slices.Contains(LogLevels, c.Debug.Level) {
-		add(fmt.Sprintf("unknown level %q (one of %s)", c.Debug.Level, strings.Join(LogLevels, ", ")),
-			"debug", "level")
+		levels := strings.Join(LogLevels, ", ")
+		add(fmt.Sprintf("unknown level %q (one of %s)", c.Debug.Level, levels), "debug", "level")
 	}
 	if c.Debug.Format != "text" && c.Debug.Format != "json" {
 		add(fmt.Sprintf("unknown format %q (text or json)", c.Debug.Format), "debug", "format")
