@@ -3,15 +3,21 @@
 package launch_test
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/containerd/console"
 
 	"corral.dev/pluginkit/testkit"
 )
@@ -128,4 +134,211 @@ func TestRunRemoveStdio(t *testing.T) {
 	if stdout != "out\n" || !strings.Contains(stderr, "err\n") || code != 3 {
 		t.Fatalf("run = (%q, %q, %d), want (\"out\\n\", \"err\\n\", 3)", stdout, stderr, code)
 	}
+}
+
+// bundle is the bundle directory containerd 1.6 makes for id.
+func (e *env) bundle(id string) string {
+	return filepath.Join(e.d.Dir, "state", "io.containerd.runtime.v2.task", e.ns, id)
+}
+
+// taskStatus is id's STATUS column in `ctr tasks ls`, or "" without a task.
+func (e *env) taskStatus(id string) (pid, status string) {
+	out, _ := e.d.Ctr(e.ns, "tasks", "ls")
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && f[0] == id {
+			return f[1], f[2]
+		}
+	}
+	return "", ""
+}
+
+// waitStatus polls until id's task has status want ("" for no task).
+func (e *env) waitStatus(id, want string) {
+	e.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, got := e.taskStatus(id)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("task %s status = %q, want %q", id, got, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// slowReader yields its data after a delay, then EOF.
+type slowReader struct {
+	delay time.Duration
+	data  string
+	done  bool
+}
+
+func (r *slowReader) Read(p []byte) (int, error) {
+	if r.done {
+		return 0, io.EOF
+	}
+	time.Sleep(r.delay)
+	r.done = true
+	return copy(p, r.data), nil
+}
+
+func TestRunStdinCloseIO(t *testing.T) {
+	e := newEnv(t)
+	c := e.d.CtrCommand(e.ns, "run", "--rm", "--runtime", runtime, "busybox:latest", "stdin", "cat")
+	c.Stdin = &slowReader{delay: time.Second, data: "x\n"}
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() {
+		out, err = c.CombinedOutput()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = c.Process.Kill()
+		<-done
+		t.Fatalf("cat did not see EOF after CloseIO; output %q", out)
+	}
+	if err != nil || string(out) != "x\n" {
+		t.Fatalf("run cat = (%q, %v), want (\"x\\n\", nil)", out, err)
+	}
+}
+
+func TestRunTerminal(t *testing.T) {
+	e := newEnv(t)
+	pty, slave, err := console.NewPty()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pty.Close()
+	s, err := os.OpenFile(slave, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := e.d.CtrCommand(e.ns, "run", "-t", "--rm", "--runtime", runtime, "busybox:latest", "tty",
+		"sh", "-c", "tty; sleep 1; stty size; exit 5")
+	c.Stdin, c.Stdout, c.Stderr = s, s, s
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+	if err := pty.Resize(console.WinSize{Height: 33, Width: 77}); err != nil {
+		t.Fatal(err)
+	}
+	var buf strings.Builder
+	go func() { _, _ = io.Copy(&buf, pty) }()
+	err = c.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 5 {
+		t.Fatalf("ctr run -t = %v, want exit 5; output %q", err, buf.String())
+	}
+	time.Sleep(100 * time.Millisecond)
+	out := buf.String()
+	if !strings.Contains(out, "/dev/pts/") || !strings.Contains(out, "33 77") {
+		t.Fatalf("ctr run -t output %q, want a /dev/pts tty of size 33 77", out)
+	}
+}
+
+func TestDetachedTaskCommands(t *testing.T) {
+	e := newEnv(t)
+	e.ctr("run", "-d", "--runtime", runtime, "busybox:latest", "det", "sleep", "1000")
+	e.waitStatus("det", "RUNNING")
+
+	pid, _ := e.taskStatus("det")
+	if out := e.ctr("tasks", "ps", "det"); !strings.Contains(out, pid) {
+		t.Errorf("tasks ps = %q, want pid %s", out, pid)
+	}
+	out, err := e.d.Ctr(e.ns, "tasks", "exec", "--exec-id", "e1", "det", "sh", "-c", "echo hi; exit 4")
+	if out != "hi\n" || err == nil {
+		t.Errorf("tasks exec = (%q, %v), want (\"hi\\n\", exit status 4)", out, err)
+	}
+	for range 3 { // an exec leaves nothing behind
+		e.ctr("tasks", "exec", "--exec-id", "e2", "det", "true")
+	}
+
+	e.ctr("tasks", "pause", "det")
+	e.waitStatus("det", "PAUSED")
+	e.ctr("tasks", "resume", "det")
+	e.waitStatus("det", "RUNNING")
+
+	if out := e.ctr("tasks", "metrics", "det"); !strings.Contains(out, "memory") {
+		t.Errorf("tasks metrics = %q, want memory figures", out)
+	}
+
+	e.ctr("tasks", "kill", "-s", "SIGKILL", "det")
+	e.waitStatus("det", "STOPPED")
+	e.ctr("tasks", "rm", "det")
+	e.ctr("containers", "rm", "det")
+	if _, err := os.Stat(e.bundle("det")); !os.IsNotExist(err) {
+		t.Errorf("bundle still there after rm: %v", err)
+	}
+}
+
+func TestExecLeaksNoDescriptors(t *testing.T) {
+	e := newEnv(t)
+	e.ctr("run", "-d", "--runtime", runtime, "busybox:latest", "fds", "sleep", "1000")
+	e.waitStatus("fds", "RUNNING")
+	shim := e.shimPid("fds")
+
+	e.ctr("tasks", "exec", "--exec-id", "warm", "fds", "true")
+	before := countFDs(t, shim)
+	for i := range 10 {
+		e.ctr("tasks", "exec", "--exec-id", fmt.Sprintf("x%d", i), "fds", "true")
+	}
+	if after := countFDs(t, shim); after > before {
+		t.Errorf("shim fds grew from %d to %d over 10 execs", before, after)
+	}
+	if z := zombies(t, shim); len(z) > 0 {
+		t.Errorf("shim has zombie children %v", z)
+	}
+}
+
+// shimPid is the pid of id's shim, from the bundle.
+func (e *env) shimPid(id string) int {
+	e.t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.bundle(id), "shim.pid"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return pid
+}
+
+// countFDs is the number of open descriptors of pid.
+func countFDs(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// zombies lists the zombie children of pid.
+func zombies(t *testing.T, pid int) []int {
+	t.Helper()
+	var z []int
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		child, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		rest := string(data[strings.LastIndexByte(string(data), ')')+2:])
+		f := strings.Fields(rest)
+		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(pid) {
+			z = append(z, child)
+		}
+	}
+	return z
 }
