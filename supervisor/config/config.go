@@ -49,12 +49,23 @@ type Config struct {
 	Imports []string `toml:"imports"`
 	// DisabledPlugins holds the short or full ids of plugins not to start.
 	DisabledPlugins []string `toml:"disabled_plugins"`
+	// RequiredPlugins holds the ids of plugins that must be in this build
+	// and not disabled.
+	RequiredPlugins []string `toml:"required_plugins"`
+	// Temp and PluginDir are containerd settings that this daemon reads and
+	// dumps but does not use; a value is a warning.
+	Temp      string `toml:"temp"`
+	PluginDir string `toml:"plugin_dir"`
 
 	GRPC       GRPCConfig       `toml:"grpc"`
 	TTRPC      TTRPCConfig      `toml:"ttrpc"`
 	Debug      DebugConfig      `toml:"debug"`
 	Metrics    MetricsConfig    `toml:"metrics"`
 	PluginHost PluginHostConfig `toml:"plugin_host"`
+	Cgroup     CgroupConfig     `toml:"cgroup"`
+	// Timeouts are containerd's internal timeouts by name, such as
+	// "io.containerd.timeout.shim.cleanup". They are read and dumped.
+	Timeouts map[string]Duration `toml:"timeouts"`
 
 	// Plugins holds every known plugin's configuration by full id.
 	Plugins map[string]PluginConfig `toml:"-"`
@@ -98,6 +109,12 @@ type MetricsConfig struct {
 	// Address serves /v1/metrics; empty means off.
 	Address       string `toml:"address"`
 	GRPCHistogram bool   `toml:"grpc_histogram"`
+}
+
+// CgroupConfig is containerd's cgroup for the daemon. It is read and dumped
+// but not used; a path is a warning.
+type CgroupConfig struct {
+	Path string `toml:"path"`
 }
 
 // PluginHostConfig tunes how the supervisor runs plugin processes.
@@ -152,6 +169,8 @@ func Default(plugins []pluginkit.Plugin) *Config {
 		State:           DefaultState,
 		Imports:         []string{},
 		DisabledPlugins: []string{},
+		RequiredPlugins: []string{},
+		Timeouts:        map[string]Duration{},
 		GRPC: GRPCConfig{
 			Address:            DefaultAddress,
 			MaxRecvMessageSize: DefaultMaxMessageSize,

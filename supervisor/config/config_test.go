@@ -128,6 +128,9 @@ state = "/run/corral"
 oom_score = -999
 imports = []
 disabled_plugins = ["io.containerd.grpc.v1.cri", "linux"]
+required_plugins = ["bolt"]
+plugin_dir = ""
+temp = "/tmp/containerd"
 
 [grpc]
   address = "/run/corral/containerd.sock"
@@ -157,6 +160,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "linux"]
 [plugin_host]
   call_wait_timeout = "1m"
 
+[cgroup]
+  path = ""
+
+[timeouts]
+  "io.containerd.timeout.shim.cleanup" = "5s"
+  "io.containerd.timeout.task.state" = "2s"
+
+[proxy_plugins]
+
+[stream_processors]
+  [stream_processors."io.containerd.ocicrypt.decoder.v1.tar"]
+    accepts = ["application/vnd.oci.image.layer.v1.tar+encrypted"]
+    path = "ctd-decoder"
+
 [plugins]
   [plugins."io.containerd.grpc.v1.cri"]
     sandbox_image = "registry.k8s.io/pause:3.6"
@@ -180,6 +197,12 @@ func TestLoadContainerdFile(t *testing.T) {
 	want := Default(testPlugins)
 	want.Root, want.State, want.OOMScore = "/srv/containerd", "/run/corral", -999
 	want.DisabledPlugins = []string{"io.containerd.grpc.v1.cri", "linux"}
+	want.RequiredPlugins = []string{"bolt"}
+	want.Temp = "/tmp/containerd"
+	want.Timeouts = map[string]Duration{
+		"io.containerd.timeout.shim.cleanup": Duration(5 * time.Second),
+		"io.containerd.timeout.task.state":   Duration(2 * time.Second),
+	}
 	want.GRPC.Address, want.GRPC.GID = "/run/corral/containerd.sock", 1000
 	want.GRPC.MaxRecvMessageSize, want.GRPC.MaxSendMessageSize = 8388608, 8388608
 	want.Debug.Address = "/run/corral/debug.sock"
@@ -199,8 +222,11 @@ func TestLoadContainerdFile(t *testing.T) {
 	}
 
 	wantWarnings := []string{
-		`line 37: plugins."io.containerd.grpc.v1.cri": no such plugin in this build; section ignored`,
+		`line 54: plugins."io.containerd.grpc.v1.cri": no such plugin in this build; section ignored`,
+		`line 49: stream_processors."io.containerd.ocicrypt.decoder.v1.tar": ` +
+			`stream processors are not supported; section ignored`,
 		`disabled_plugins: no plugin "io.containerd.grpc.v1.cri" in this build`,
+		`line 9: temp: not used by this daemon; ignored`,
 	}
 	if diff := cmp.Diff(wantWarnings, warnings); diff != "" {
 		t.Errorf("warnings mismatch (-want +got):\n%s", diff)
@@ -242,8 +268,8 @@ func TestLoadErrors(t *testing.T) {
 	}{
 		{"unknown top-level key", "version = 2\nroot_dir = \"/x\"\n",
 			[]string{`line 2: unknown key "root_dir"`}},
-		{"unknown section", "[grpc]\naddress = \"/x.sock\"\n\n[cgroup]\npath = \"\"\n",
-			[]string{`line 4: unknown key "cgroup"`}},
+		{"unknown section", "[grpc]\naddress = \"/x.sock\"\n\n[cgroups]\npath = \"\"\n",
+			[]string{`line 4: unknown key "cgroups"`}},
 		{"unknown grpc key", "[grpc]\n  adress = \"/x.sock\"\n",
 			[]string{`line 2: unknown key "grpc.adress"`}},
 		{"unknown dotted key", "debug.levle = \"info\"\n",
@@ -281,6 +307,14 @@ func TestLoadErrors(t *testing.T) {
 			[]string{
 				"line 3: plugin io.containerd.metadata.v1.bolt is configured twice",
 				`as plugins.bolt and plugins."io.containerd.metadata.v1.bolt"`}},
+		{"proxy plugin", "[proxy_plugins]\n  [proxy_plugins.stargz]\n    type = \"snapshot\"\n",
+			[]string{"line 2: proxy_plugins.stargz: proxy plugins are not supported"}},
+		{"unknown required plugin", "required_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+			[]string{`line 1: required_plugins: no plugin "io.containerd.grpc.v1.cri" in this build`}},
+		{"required and disabled", "required_plugins = [\"bolt\"]\ndisabled_plugins = [\"bolt\"]\n",
+			[]string{`required_plugins: "bolt" is also in disabled_plugins`}},
+		{"bad timeout", "[timeouts]\n\"io.containerd.timeout.shim.load\" = \"5\"\n",
+			[]string{"line 2", "io.containerd.timeout.shim.load"}},
 		{"version 4", "version = 4\n", []string{`line 1: version: unsupported version 4`}},
 		{"relative root", "root = \"var/lib\"\n",
 			[]string{`line 1: root: "var/lib" is not an absolute path`}},

@@ -53,6 +53,9 @@ func Parse(data []byte, plugins []pluginkit.Plugin) (*Config, []string, error) {
 type document struct {
 	Config
 	Plugins map[string]toml.Primitive `toml:"plugins"`
+	// Sections of containerd's that this daemon has no use for.
+	ProxyPlugins     map[string]toml.Primitive `toml:"proxy_plugins"`
+	StreamProcessors map[string]toml.Primitive `toml:"stream_processors"`
 }
 
 // parser holds what one Parse learns on the way.
@@ -80,6 +83,9 @@ func (p *parser) parse() (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := p.containerdSections(&doc); err != nil {
+		return nil, err
+	}
 	if err := p.unknownKeys(); err != nil {
 		return nil, err
 	}
@@ -93,19 +99,18 @@ func (p *parser) parse() (*Config, error) {
 	if err := p.check(c.problems()); err != nil {
 		return nil, err
 	}
+	if err := p.checkRequired(&c); err != nil {
+		return nil, err
+	}
 	p.warnDisabled(&c)
+	p.warnUnused(&c)
 	return &c, nil
 }
 
 // pluginSections decodes each [plugins.<id>] section onto its plugin's
 // defaults, and returns the results by full id.
 func (p *parser) pluginSections(prims map[string]toml.Primitive) (map[string]PluginConfig, error) {
-	names := make([]string, 0, len(prims))
-	for name := range prims {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-
+	names := sortedKeys(prims)
 	out := make(map[string]PluginConfig, len(names))
 	seen := make(map[string]string, len(names))
 	for _, name := range names {
@@ -167,6 +172,22 @@ func (p *parser) pluginSection(pl pluginkit.Plugin, prim toml.Primitive) (Plugin
 	return PluginConfig{Type: pl.Type, ID: pl.ID, Path: host.Path, Section: section}, nil
 }
 
+// containerdSections refuses proxy plugins, which would leave a service
+// missing, and ignores stream processors with a warning.
+func (p *parser) containerdSections(doc *document) error {
+	if names := sortedKeys(doc.ProxyPlugins); len(names) > 0 {
+		key := toml.Key{"proxy_plugins", names[0]}
+		msg := "proxy plugins are not supported; give the plugin a [plugins.<id>] path instead"
+		return p.errorf(key, "%s: %s", key, msg)
+	}
+	for _, name := range sortedKeys(doc.StreamProcessors) {
+		key := toml.Key{"stream_processors", name}
+		p.warnf("%s: stream processors are not supported; section ignored", p.where(key))
+		p.ignored = append(p.ignored, key)
+	}
+	return nil
+}
+
 // unknownKeys reports every key nothing decoded, outside the sections of
 // plugins this build does not have. A table is reported, not its contents.
 func (p *parser) unknownKeys() error {
@@ -215,6 +236,38 @@ func (p *parser) check(probs []problem) error {
 		msgs[i] = p.linePrefix(pr.key) + pr.String()
 	}
 	return fmt.Errorf("%s: %w", strings.Join(msgs, "; "), errdefs.ErrInvalidArgument)
+}
+
+// checkRequired makes sure every required plugin is built in and enabled.
+func (p *parser) checkRequired(c *Config) error {
+	key := toml.Key{"required_plugins"}
+	for _, name := range c.RequiredPlugins {
+		pl, ok := ResolvePluginID(p.plugins, name)
+		if !ok {
+			return p.errorf(key, "required_plugins: no plugin %q in this build", name)
+		}
+		if c.Disabled(pl) {
+			return p.errorf(key, "required_plugins: %q is also in disabled_plugins", name)
+		}
+	}
+	return nil
+}
+
+// warnUnused warns about containerd settings that this daemon ignores.
+func (p *parser) warnUnused(c *Config) {
+	unused := []struct {
+		key   toml.Key
+		value string
+	}{
+		{toml.Key{"temp"}, c.Temp},
+		{toml.Key{"plugin_dir"}, c.PluginDir},
+		{toml.Key{"cgroup", "path"}, c.Cgroup.Path},
+	}
+	for _, u := range unused {
+		if u.value != "" {
+			p.warnf("%s: not used by this daemon; ignored", p.where(u.key))
+		}
+	}
 }
 
 // warnDisabled warns about disabled_plugins entries that name no plugin.
@@ -270,6 +323,16 @@ func encodeSection(cfg any) (string, error) {
 		return "", err
 	}
 	return buf.String(), nil
+}
+
+// sortedKeys returns the names of a document's sections in order.
+func sortedKeys(m map[string]toml.Primitive) []string {
+	names := make([]string, 0, len(m))
+	for name := range m {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // under reports whether k is one of tables or inside one of them.
