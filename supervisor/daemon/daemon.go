@@ -7,15 +7,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 	introspectionapi "github.com/containerd/containerd/api/services/introspection/v1"
 	versionapi "github.com/containerd/containerd/api/services/version/v1"
+	"github.com/containerd/errdefs"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
@@ -88,8 +91,9 @@ type daemon struct {
 }
 
 // prepare checks what can be checked before anything is created, then makes
-// the directories, takes the locks and sets the OOM score.
-func (d *daemon) prepare() error {
+// the directories, takes the locks and sets the OOM score. When a step fails,
+// the directories it made are removed again.
+func (d *daemon) prepare() (err error) {
 	c := d.cfg
 	if err := preflight(c.Root, c.State); err != nil {
 		return err
@@ -102,11 +106,30 @@ func (d *daemon) prepare() error {
 			return fmt.Errorf("socket %s: %w", addr, err)
 		}
 	}
-	if err := ensureDir(c.Root, rootMode); err != nil {
-		return err
+	if addr := c.Metrics.Address; addr != "" {
+		if _, err := net.ResolveTCPAddr("tcp", addr); err != nil {
+			return fmt.Errorf("metrics address %q: %w: %w", addr, err, errdefs.ErrInvalidArgument)
+		}
 	}
-	if err := ensureDir(c.State, stateMode); err != nil {
-		return err
+
+	var created []string
+	defer func() {
+		if err != nil {
+			for _, dir := range slices.Backward(created) {
+				os.RemoveAll(dir)
+			}
+		}
+	}()
+	for _, dir := range []struct {
+		path string
+		mode os.FileMode
+	}{{c.Root, rootMode}, {c.State, stateMode}} {
+		if _, err := os.Lstat(dir.path); errors.Is(err, fs.ErrNotExist) {
+			created = append(created, dir.path)
+		}
+		if err := ensureDir(dir.path, dir.mode); err != nil {
+			return err
+		}
 	}
 	for _, dir := range []string{c.Root, c.State} {
 		f, err := lockDir(dir)
