@@ -149,7 +149,7 @@ func (d *daemon) specs() ([]host.Spec, error) {
 			d.log.Info().Str("plugin", p.ID).Msg("plugin disabled by configuration")
 			continue
 		}
-		path, section := d.cfg.PluginSection(p.ID)
+		path, section := d.cfg.PluginSection(p.FullID())
 		if path == "" {
 			path = d.opts.Executable
 		}
