@@ -41,6 +41,14 @@ type Containerd struct {
 // when containerd or ctr is not installed.
 func StartContainerd(t testing.TB, pathDirs ...string) *Containerd {
 	t.Helper()
+	dirs := append(pathDirs, os.Getenv("PATH"))
+	return StartContainerdPath(t, strings.Join(dirs, string(os.PathListSeparator)))
+}
+
+// StartContainerdPath is StartContainerd with exactly path as PATH, for
+// tests that need a binary to be missing.
+func StartContainerdPath(t testing.TB, path string) *Containerd {
+	t.Helper()
 	for _, bin := range []string{ContainerdBinary, CtrBinary} {
 		if _, err := os.Stat(bin); err != nil {
 			t.Skipf("%s not installed", bin)
@@ -57,7 +65,6 @@ func StartContainerd(t testing.TB, pathDirs ...string) *Containerd {
 		config:       filepath.Join(dir, "config.toml"),
 		t:            t,
 	}
-	path := strings.Join(append(pathDirs, os.Getenv("PATH")), string(os.PathListSeparator))
 	c.Env = append(os.Environ(), "PATH="+path)
 	config := fmt.Sprintf(`version = 2
 root = %q

@@ -73,9 +73,15 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	testkit.RequiresRoot(t)
-	dir := shimDir(t)
+	return newEnvPath(t, shimDir(t)+":"+os.Getenv("PATH"))
+}
+
+// newEnvPath is newEnv with exactly path as the daemon's PATH.
+func newEnvPath(t *testing.T, path string) *env {
+	t.Helper()
+	testkit.RequiresRoot(t)
 	image := testkit.BusyboxImage(t)
-	d := testkit.StartContainerd(t, dir)
+	d := testkit.StartContainerdPath(t, path)
 	e := &env{t: t, d: d, ns: fmt.Sprintf("cs%d-%d", os.Getpid(), seq.Add(1))}
 	e.ctr("images", "import", "--base-name", "busybox", image)
 	t.Cleanup(e.sweep)
@@ -141,9 +147,13 @@ func (e *env) bundle(id string) string {
 	return filepath.Join(e.d.Dir, "state", "io.containerd.runtime.v2.task", e.ns, id)
 }
 
-// taskStatus is id's STATUS column in `ctr tasks ls`, or "" without a task.
+// taskStatus is id's STATUS column in `ctr tasks ls`, "" without a task,
+// or "?" when the daemon cannot list the tasks.
 func (e *env) taskStatus(id string) (pid, status string) {
-	out, _ := e.d.Ctr(e.ns, "tasks", "ls")
+	out, err := e.d.Ctr(e.ns, "tasks", "ls")
+	if err != nil {
+		return "", "?"
+	}
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		if len(f) == 3 && f[0] == id {
@@ -341,4 +351,262 @@ func zombies(t *testing.T, pid int) []int {
 		}
 	}
 	return z
+}
+
+// events runs `ctr events` until the returned function is called, which
+// returns what it printed.
+func (e *env) events() func() string {
+	e.t.Helper()
+	c := e.d.CtrCommand("", "events")
+	var out strings.Builder
+	c.Stdout, c.Stderr = &out, &out
+	if err := c.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = c.Wait()
+		close(done)
+	}()
+	stop := func() string {
+		_ = c.Process.Kill()
+		<-done
+		return out.String()
+	}
+	e.t.Cleanup(func() { stop() })
+	time.Sleep(200 * time.Millisecond) // let the subscription start
+	return stop
+}
+
+func TestMemoryLimitOOM(t *testing.T) {
+	e := newEnv(t)
+	stop := e.events()
+	_, _, code := e.run("", []string{"--memory-limit", strconv.Itoa(32 << 20)}, "oom", "tail", "/dev/zero")
+	if code != 137 {
+		t.Errorf("exit code = %d, want 137", code)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if out := stop(); !strings.Contains(out, "/tasks/oom") {
+		t.Errorf("no /tasks/oom event in:\n%s", out)
+	}
+}
+
+func TestDaemonRestart(t *testing.T) {
+	e := newEnv(t)
+	e.ctr("run", "-d", "--runtime", runtime, "busybox:latest", "keep", "sleep", "1000")
+	e.ctr("run", "-d", "--runtime", runtime, "busybox:latest", "gone", "sleep", "1000")
+	e.waitStatus("keep", "RUNNING")
+	e.waitStatus("gone", "RUNNING")
+	gonePid, _ := e.taskStatus("gone")
+
+	// While the daemon is down one container keeps running and the
+	// other exits; its exit is delivered once the daemon is back.
+	e.d.Stop()
+	pid, err := strconv.Atoi(gonePid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	e.d.Start()
+
+	e.waitStatus("keep", "RUNNING")
+	e.waitStatus("gone", "STOPPED")
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(e.logSince("restart"), "topic=/tasks/exit") {
+		if time.Now().After(deadline) {
+			t.Fatal("queued /tasks/exit not forwarded after the restart")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	e.ctr("tasks", "kill", "-s", "SIGKILL", "keep")
+	e.waitStatus("keep", "STOPPED")
+	for _, id := range []string{"keep", "gone"} {
+		e.ctr("tasks", "rm", id)
+		e.ctr("containers", "rm", id)
+	}
+}
+
+// logSince is the daemon log after its last "starting containerd" line.
+func (e *env) logSince(string) string {
+	data, _ := os.ReadFile(e.d.LogPath())
+	s := string(data)
+	if i := strings.LastIndex(s, "starting containerd"); i >= 0 {
+		return s[i:]
+	}
+	return s
+}
+
+func TestShimKilled(t *testing.T) {
+	e := newEnv(t)
+	e.ctr("run", "-d", "--runtime", runtime, "busybox:latest", "victim", "sleep", "1000")
+	e.waitStatus("victim", "RUNNING")
+	taskPid, _ := e.taskStatus("victim")
+	shim := e.shimPid("victim")
+	bundle := e.bundle("victim")
+
+	if err := syscall.Kill(shim, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// containerd notices, runs our delete and reports the task gone.
+	deadline := time.Now().Add(20 * time.Second)
+	for _, err := os.Stat(bundle); err == nil; _, err = os.Stat(bundle) {
+		if time.Now().After(deadline) {
+			t.Fatal("containerd did not clean up after the dead shim")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.waitStatus("victim", "")
+	if out, err := e.d.Ctr(e.ns, "tasks", "rm", "victim"); err != nil && !strings.Contains(out, "not found") {
+		t.Errorf("tasks rm: %v\n%s", err, out)
+	}
+	e.ctr("containers", "rm", "victim")
+
+	if _, err := os.Stat(bundle); !os.IsNotExist(err) {
+		t.Errorf("bundle left behind: %v", err)
+	}
+	if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), bundle) {
+		t.Errorf("mount left under %s", bundle)
+	}
+	if !gone(taskPid, 5*time.Second) {
+		t.Errorf("container process %s still runs", taskPid)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	e := newEnv(t)
+	badSpec := filepath.Join(t.TempDir(), "config.json")
+	spec := `{"ociVersion":"1.0.2","process":{"args":["true"],"cwd":"relative"},"root":{"path":"rootfs"}}`
+	if err := os.WriteFile(badSpec, []byte(spec), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	noRunc := newEnvPath(t, shimDir(t))
+
+	tests := []struct {
+		name string
+		e    *env
+		args []string
+		want string
+	}{
+		{"command", e, []string{"busybox:latest", "bad-command", "/no/such/cmd"}, "no such file or directory"},
+		{"spec", e, []string{"--config", badSpec, "bad-spec"}, "Cwd must be an absolute path"},
+		{"runc", noRunc, []string{"busybox:latest", "bad-runc", "true"}, "runc"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := tt.args[len(tt.args)-2]
+			if tt.name == "spec" {
+				id = tt.args[len(tt.args)-1]
+			}
+			args := append([]string{"run", "--rm", "--runtime", runtime}, tt.args...)
+			out, err := tt.e.d.Ctr(tt.e.ns, args...)
+			if err == nil || !strings.Contains(out, tt.want) {
+				t.Errorf("ctr run = (%q, %v), want an error naming %q", out, err, tt.want)
+			}
+			_, _ = tt.e.d.Ctr(tt.e.ns, "containers", "rm", id)
+			tt.e.waitStatus(id, "")
+			bundle := tt.e.bundle(id)
+			if _, err := os.Stat(bundle); !os.IsNotExist(err) {
+				t.Errorf("bundle left behind: %v", err)
+			}
+			if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), bundle) {
+				t.Errorf("mount left behind under %s", bundle)
+			}
+			if pids := shimsFor(tt.e.ns, id); len(pids) > 0 {
+				t.Errorf("shims left behind: %v", pids)
+			}
+		})
+	}
+}
+
+// gone waits up to d for pid to exit; a zombie has exited.
+func gone(pid string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		data, err := os.ReadFile("/proc/" + pid + "/stat")
+		if err != nil {
+			return true
+		}
+		if f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:])); len(f) > 0 && f[0] == "Z" {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// shimsFor lists the pids of our shims serving id in ns.
+func shimsFor(ns, id string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(data), "\x00")
+		if strings.HasSuffix(args[0], "containerd-shim-corral-v2") &&
+			strings.Contains(string(data), "\x00"+ns+"\x00") &&
+			strings.Contains(string(data), "\x00"+id+"\x00") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func TestSocketIsPathBased(t *testing.T) {
+	e := newEnv(t)
+	e.ctr("run", "-d", "--runtime", runtime, "busybox:latest", "sock", "sleep", "1000")
+	e.waitStatus("sock", "RUNNING")
+	shim := e.shimPid("sock")
+
+	data, err := os.ReadFile(filepath.Join(e.bundle("sock"), "address"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := strings.TrimPrefix(string(data), "unix://")
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 || st.Mode().Type() != os.ModeSocket {
+		t.Errorf("socket %s: %v, %v; want a socket of mode 0600", path, st.Mode(), err)
+	}
+	if st, err := os.Stat(filepath.Dir(path)); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("socket dir: %v, %v; want mode 0700", st.Mode(), err)
+	}
+	if len(path) >= 108 {
+		t.Errorf("socket path %q is %d bytes, too long for sun_path", path, len(path))
+	}
+
+	// Every unix socket the shim holds has a path or none, never '@'.
+	inodes := make(map[string]bool)
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", shim))
+	for _, fd := range fds {
+		link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", shim, fd.Name()))
+		if ino, ok := strings.CutPrefix(link, "socket:["); ok {
+			inodes[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	table, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(table), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) >= 8 && inodes[f[6]] && strings.HasPrefix(f[7], "@") {
+			t.Errorf("shim holds abstract socket %s", f[7])
+		}
+	}
+	e.ctr("tasks", "kill", "-s", "SIGKILL", "sock")
+	e.waitStatus("sock", "STOPPED")
+	e.ctr("tasks", "rm", "sock")
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("socket %s left after the shim exited: %v", path, err)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/containerd/containerd/api/types/runc/options"
 	runc "github.com/containerd/go-runc"
@@ -110,6 +111,10 @@ func runcError(bundle string, err error) error {
 	}
 	if last == "" {
 		return err
+	}
+	// runc prefixes its own verb ("runc create failed: "); ours says it.
+	if _, msg, ok := strings.Cut(last, " failed: "); ok && strings.HasPrefix(last, "runc ") {
+		last = msg
 	}
 	return fmt.Errorf("%s: %w", last, err)
 }
