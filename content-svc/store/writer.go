@@ -1,0 +1,368 @@
+package store
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+)
+
+// bufSize is the size of a writer's file buffer: chunks of this size or
+// more go to the file without a copy.
+const bufSize = 1 << 20
+
+// Writer appends to one ingest. It holds the ingest's ref until Close, so
+// no other writer can open it meanwhile. A Writer is used by one goroutine;
+// Status may be called from any.
+type Writer struct {
+	s  *Store
+	in *ingest
+	f  *os.File
+	bw *bufio.Writer
+
+	alg  digest.Algorithm
+	hash hash.Hash
+	done bool // committed: the ingest is gone
+
+	mu        sync.Mutex // guards offset and updatedAt for Status
+	offset    int64
+	updatedAt time.Time
+}
+
+// Writer opens ref's ingest for writing, creating it or resuming it where
+// an earlier writer stopped (Status reports that offset). total and
+// expected, when set, are the size and digest the content must have.
+//
+// It fails with [errdefs.ErrAlreadyExists] if the blob expected is
+// committed (an idle ingest for ref is then removed), and with
+// [errdefs.ErrUnavailable] while another writer holds ref.
+func (s *Store) Writer(ref string, total int64, expected digest.Digest) (*Writer, error) {
+	if ref == "" {
+		return nil, fmt.Errorf("open writer: ref must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
+	if expected != "" {
+		if err := ValidateDigest(expected); err != nil {
+			return nil, err
+		}
+		if s.exists(expected) {
+			s.dropIngest(ref)
+			return nil, fmt.Errorf("open writer %s: content %s: %w", ref, expected, errdefs.ErrAlreadyExists)
+		}
+	}
+
+	if err := s.lock(ref, nil); err != nil {
+		return nil, err
+	}
+	w, err := s.openWriter(ref, total, expected)
+	if err != nil {
+		s.unlock(ref, nil)
+		return nil, err
+	}
+	s.mu.Lock()
+	s.locks[ref] = w
+	s.mu.Unlock()
+	return w, nil
+}
+
+// dropIngest removes ref's ingest if no writer holds it.
+func (s *Store) dropIngest(ref string) {
+	if err := s.Abort(ref); err != nil && !errdefs.IsNotFound(err) {
+		s.log.Debug().Err(err).Str("key", ref).Msg("keep ingest of existing content")
+	}
+}
+
+// openWriter loads or creates ref's ingest and positions a writer at its
+// end. The caller holds ref.
+func (s *Store) openWriter(ref string, total int64, expected digest.Digest) (*Writer, error) {
+	in, err := s.loadIngest(ref, total)
+	if err != nil {
+		return nil, err
+	}
+	if in == nil {
+		if in, err = s.createIngest(ref, total, expected); err != nil {
+			return nil, err
+		}
+	}
+	if expected == "" {
+		expected = in.expected
+	}
+
+	f, err := os.OpenFile(in.data(), os.O_RDWR, 0)
+	if err != nil {
+		return nil, ingestError("open", ref, err)
+	}
+	w := &Writer{s: s, in: in, f: f, bw: bufio.NewWriterSize(f, bufSize), alg: digest.Canonical}
+	if expected != "" {
+		w.alg = expected.Algorithm()
+	}
+	if err := w.resume(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// loadIngest returns ref's existing ingest, or nil if there is none to
+// resume. An unreadable ingest, or one sized for another total, is removed.
+func (s *Store) loadIngest(ref string, total int64) (*ingest, error) {
+	dir := s.ingestDir(ref)
+	in, err := readIngest(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if _, serr := os.Lstat(dir); errors.Is(serr, fs.ErrNotExist) {
+			return nil, nil
+		}
+	case err == nil && (total <= 0 || in.total <= 0 || in.total == total):
+		if total > 0 && in.total <= 0 {
+			return in, in.setTotal(total)
+		}
+		return in, nil
+	case err == nil:
+		err = fmt.Errorf("size %d differs from the ingest's %d", total, in.total)
+	}
+
+	s.log.Info().Err(err).Str("key", ref).Msg("restart ingest")
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, ingestError("reset", ref, err)
+	}
+	return nil, nil
+}
+
+// resume hashes the bytes already in the data file and moves to its end.
+func (w *Writer) resume() error {
+	w.hash = w.alg.Hash()
+	n, err := io.Copy(w.hash, w.f)
+	if err != nil {
+		return ingestError("resume", w.in.ref, err)
+	}
+	w.offset = n
+	w.updatedAt = w.in.startedAt
+	if fi, err := w.f.Stat(); err == nil {
+		w.updatedAt = fi.ModTime()
+	}
+	return nil
+}
+
+// Ref returns the ref the writer holds.
+func (w *Writer) Ref() string {
+	return w.in.ref
+}
+
+// Status returns the ingest's current status.
+func (w *Writer) Status() Status {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return Status{
+		Ref:       w.in.ref,
+		Offset:    w.offset,
+		Total:     w.in.total,
+		Expected:  w.in.expected,
+		StartedAt: w.in.startedAt,
+		UpdatedAt: w.updatedAt,
+	}
+}
+
+// Offset returns the number of bytes written so far.
+func (w *Writer) Offset() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.offset
+}
+
+// Digest returns the digest of the bytes written so far.
+func (w *Writer) Digest() digest.Digest {
+	return digest.NewDigest(w.alg, w.hash)
+}
+
+// Write appends p to the ingest.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.done {
+		return 0, fmt.Errorf("write ingest %s: already committed: %w", w.in.ref, errdefs.ErrFailedPrecondition)
+	}
+	n, err := w.bw.Write(p)
+	w.hash.Write(p[:n])
+	w.advance(int64(n))
+	if err != nil {
+		return n, ingestError("write", w.in.ref, err)
+	}
+	return n, nil
+}
+
+func (w *Writer) advance(n int64) {
+	w.mu.Lock()
+	w.offset += n
+	w.updatedAt = time.Now()
+	w.mu.Unlock()
+}
+
+// Truncate drops every byte written so far; only a size of 0 is supported.
+func (w *Writer) Truncate(size int64) error {
+	if size != 0 {
+		return fmt.Errorf("truncate ingest %s to %d: only 0 is supported: %w",
+			w.in.ref, size, errdefs.ErrInvalidArgument)
+	}
+	if w.done {
+		return fmt.Errorf("truncate ingest %s: already committed: %w", w.in.ref, errdefs.ErrFailedPrecondition)
+	}
+	w.bw.Reset(w.f)
+	if err := w.f.Truncate(0); err != nil {
+		return ingestError("truncate", w.in.ref, err)
+	}
+	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
+		return ingestError("truncate", w.in.ref, err)
+	}
+	w.hash.Reset()
+	w.mu.Lock()
+	w.offset = 0
+	w.updatedAt = time.Now()
+	w.mu.Unlock()
+	return nil
+}
+
+// Commit makes the bytes written the blob of their digest. size and
+// expected, when set, must match, otherwise the error wraps
+// [errdefs.ErrFailedPrecondition] and the ingest is kept as it is. If the
+// blob is already committed the error wraps [errdefs.ErrAlreadyExists]
+// (the bytes did match) and the existing blob is left untouched. Either
+// way the ingest is then removed and its ref released. Commit returns once
+// the blob and its directory entry are on disk.
+func (w *Writer) Commit(size int64, expected digest.Digest) (digest.Digest, error) {
+	if w.done {
+		return "", fmt.Errorf("commit ingest %s: already committed: %w", w.in.ref, errdefs.ErrFailedPrecondition)
+	}
+	// Put every byte on disk.
+	if err := w.bw.Flush(); err != nil {
+		return "", ingestError("flush", w.in.ref, err)
+	}
+	if err := w.f.Sync(); err != nil {
+		return "", ingestError("sync", w.in.ref, err)
+	}
+
+	// Check what was written against what was promised.
+	dgst, err := w.verify(size, expected)
+	if err != nil {
+		return "", err
+	}
+
+	// Link the data into blobs/ and forget the ingest.
+	perr := w.s.publish(w.in.data(), dgst)
+	if perr != nil && !errdefs.IsAlreadyExists(perr) {
+		return "", perr
+	}
+	w.done = true
+	w.f.Close()
+	if err := os.RemoveAll(w.in.dir); err != nil {
+		w.s.log.Warn().Err(err).Str("key", w.in.ref).Msg("remove committed ingest")
+	}
+	w.s.unlock(w.in.ref, w)
+	return dgst, perr
+}
+
+// verify checks the size and digest of the bytes written.
+func (w *Writer) verify(size int64, expected digest.Digest) (digest.Digest, error) {
+	offset := w.Offset()
+	if size > 0 && size != offset {
+		return "", fmt.Errorf("commit ingest %s: size %d, expected %d: %w",
+			w.in.ref, offset, size, errdefs.ErrFailedPrecondition)
+	}
+	if expected == "" {
+		expected = w.in.expected
+	}
+	if expected == "" {
+		return w.Digest(), nil
+	}
+	if err := ValidateDigest(expected); err != nil {
+		return "", err
+	}
+	dgst, err := w.digestAs(expected.Algorithm())
+	if err != nil {
+		return "", err
+	}
+	if dgst != expected {
+		return "", fmt.Errorf("commit ingest %s: digest %s, expected %s: %w",
+			w.in.ref, dgst, expected, errdefs.ErrFailedPrecondition)
+	}
+	return dgst, nil
+}
+
+// digestAs returns the digest of the data with alg, hashing the file again
+// when the writer hashed with another algorithm.
+func (w *Writer) digestAs(alg digest.Algorithm) (digest.Digest, error) {
+	if alg == w.alg {
+		return w.Digest(), nil
+	}
+	f, err := os.Open(w.in.data())
+	if err != nil {
+		return "", ingestError("hash", w.in.ref, err)
+	}
+	defer f.Close()
+	dgst, err := alg.FromReader(f)
+	if err != nil {
+		return "", ingestError("hash", w.in.ref, err)
+	}
+	return dgst, nil
+}
+
+// publish links the synced file src into blobs/ as dgst and syncs the
+// directory. An existing blob is never replaced.
+func (s *Store) publish(src string, dgst digest.Digest) error {
+	dir := s.path(blobsDir, string(dgst.Algorithm()))
+	if err := s.makeBlobDir(dir); err != nil {
+		return err
+	}
+	if err := os.Chmod(src, 0o444); err != nil {
+		return blobError("commit", dgst, err)
+	}
+	target := filepath.Join(dir, dgst.Encoded())
+	err := os.Link(src, target)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("commit content %s: %w", dgst, errdefs.ErrAlreadyExists)
+	}
+	if err != nil {
+		// No hard links here: fall back to a rename, which is as atomic
+		// but would replace a blob committed meanwhile.
+		if _, serr := os.Lstat(target); serr == nil {
+			return fmt.Errorf("commit content %s: %w", dgst, errdefs.ErrAlreadyExists)
+		}
+		if err := os.Rename(src, target); err != nil {
+			return blobError("commit", dgst, err)
+		}
+	}
+	return syncDir(dir)
+}
+
+// makeBlobDir creates the directory of one algorithm's blobs, durably.
+func (s *Store) makeBlobDir(dir string) error {
+	if _, err := os.Lstat(dir); err == nil {
+		return nil
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create blob directory %q: %w", dir, err)
+	}
+	return syncDir(filepath.Dir(dir))
+}
+
+// Close flushes what was written, so a later writer can resume it, and
+// releases the ref.
+func (w *Writer) Close() error {
+	defer w.s.unlock(w.in.ref, w)
+	if w.done {
+		return nil
+	}
+	w.done = true
+	ferr := w.bw.Flush()
+	cerr := w.f.Close()
+	if err := errors.Join(ferr, cerr); err != nil {
+		return ingestError("close", w.in.ref, err)
+	}
+	return nil
+}
