@@ -30,11 +30,17 @@ type hopTarget struct {
 	mainLabel, childLabel string
 }
 
+// idlePause is how long the -idle variants of BenchmarkHop wait between
+// calls, long enough for the server's threads to park.
+const idlePause = 500 * time.Microsecond
+
 // BenchmarkHop measures one unary Namespaces.List made straight to the
 // plugin process (direct), through our supervisor's public socket
 // (supervisor), and to containerd 1.6.20 for reference. The difference
 // between direct and supervisor is the cost of the hop. Each also reports
-// the server processes' CPU per call from /proc.
+// the server processes' CPU per call from /proc. The -idle variants pause
+// between calls (outside the timer) so that every call wakes an idle
+// server, as calls through the supervisor find the plugin.
 func BenchmarkHop(b *testing.B) {
 	testkit.RequiresRoot(b)
 	bin := ourBinary(b)
@@ -53,13 +59,17 @@ func BenchmarkHop(b *testing.B) {
 		// round of b.N.
 		target := tc.start(b, bin)
 		b.Run(tc.name, func(b *testing.B) {
-			benchList(ctx, b, target)
+			benchList(ctx, b, target, 0)
+		})
+		b.Run(tc.name+"-idle", func(b *testing.B) {
+			benchList(ctx, b, target, idlePause)
 		})
 	}
 }
 
-// benchList makes b.N calls and reports the CPU of target's processes.
-func benchList(ctx context.Context, b *testing.B, target hopTarget) {
+// benchList makes b.N calls, pause apart, and reports the CPU of target's
+// processes.
+func benchList(ctx context.Context, b *testing.B, target hopTarget, pause time.Duration) {
 	if _, err := target.client.List(ctx, &namespacesapi.ListNamespacesRequest{}); err != nil {
 		b.Fatal(err)
 	}
@@ -71,6 +81,11 @@ func benchList(ctx context.Context, b *testing.B, target hopTarget) {
 	for b.Loop() {
 		if _, err := target.client.List(ctx, &namespacesapi.ListNamespacesRequest{}); err != nil {
 			b.Fatal(err)
+		}
+		if pause > 0 {
+			b.StopTimer()
+			time.Sleep(pause)
+			b.StartTimer()
 		}
 	}
 	b.StopTimer()

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -91,6 +92,18 @@ func (c CPU) Sub(before CPU) CPU {
 	return out
 }
 
+// Add returns the sum of c and o, process by process.
+func (c CPU) Add(o CPU) CPU {
+	out := CPU{Daemon: c.Daemon + o.Daemon, Children: make(map[int]time.Duration)}
+	for pid, d := range c.Children {
+		out.Children[pid] += d
+	}
+	for pid, d := range o.Children {
+		out.Children[pid] += d
+	}
+	return out
+}
+
 // ReadCPU sums utime and stime of pid and of every live descendant of pid.
 func ReadCPU(pid int) (CPU, error) {
 	root, err := readStat(pid)
@@ -143,4 +156,18 @@ func descends(all map[int]procStat, s procStat, ancestor int) bool {
 		s = parent
 	}
 	return false
+}
+
+// LoadAverage returns the 1-, 5- and 15-minute load averages of the
+// machine, or "unknown".
+func LoadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }

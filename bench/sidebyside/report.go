@@ -42,6 +42,10 @@ type Report struct {
 	Config Config
 	// Rows are the figures in the order they were measured.
 	Rows []Row
+	// LoadBefore and LoadAfter are the 1-, 5- and 15-minute load averages
+	// when the run started and ended: other work on the machine moves
+	// every figure.
+	LoadBefore, LoadAfter string
 }
 
 func (r *Report) add(name string, ours, theirs float64, unit string, better Better) {
@@ -62,10 +66,11 @@ func (r *Report) Row(name string) (Row, bool) {
 // after a line that says how they were measured.
 func (r *Report) Write(w io.Writer) error {
 	c := r.Config
-	_, err := fmt.Fprintf(w, "%d CPUs (GOMAXPROCS %d), %s; ctr runs %d; warm-up %d; "+
-		"sequential calls %d; %d-way calls %d; CPU from /proc utime+stime (%v ticks)\n\n",
-		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), c.CtrRuns, c.Warmup,
-		c.Calls, c.Workers, c.ParallelCalls, clockTick)
+	_, err := fmt.Fprintf(w, "%d CPUs, client %s; load average %s before, %s after\n"+
+		"ctr runs %d; warm-up %d; %d rounds of %d sequential and %d %d-way calls; "+
+		"daemon CPU from /proc utime+stime (%v ticks)\n\n",
+		runtime.NumCPU(), runtime.Version(), r.LoadBefore, r.LoadAfter,
+		c.CtrRuns, c.Warmup, c.Rounds, c.Calls, c.ParallelCalls, c.Workers, clockTick)
 	if err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
@@ -25,15 +26,19 @@ type Config struct {
 	Ctr string
 	// Ctr2 is an optional ctr 2.x binary timed the same way.
 	Ctr2 string
-	// CtrRuns is how many times each ctr command runs.
+	// CtrRuns is how many times each ctr command runs on each daemon.
 	CtrRuns int
-	// Warmup is how many unmeasured calls precede each sequential run.
+	// Warmup is how many unmeasured calls each workload starts with.
 	Warmup int
-	// Calls is how many sequential calls are measured for latency.
+	// Rounds is how many times each workload runs on each daemon, the
+	// daemons taking turns; latencies are pooled over the rounds, the
+	// throughput is the median round, CPU is summed.
+	Rounds int
+	// Calls is how many sequential calls one round measures for latency.
 	Calls int
 	// Workers is how many goroutines make the parallel calls.
 	Workers int
-	// ParallelCalls is how many calls the parallel run makes in total.
+	// ParallelCalls is how many calls the parallel run of one round makes.
 	ParallelCalls int
 }
 
@@ -44,16 +49,17 @@ func DefaultConfig() Config {
 		Ctr:           "/usr/bin/ctr",
 		CtrRuns:       30,
 		Warmup:        500,
-		Calls:         5000,
+		Rounds:        5,
+		Calls:         2000,
 		Workers:       16,
-		ParallelCalls: 20000,
+		ParallelCalls: 10000,
 	}
 }
 
 // Quick returns c with the small counts of a smoke run, which proves the
 // harness works in seconds.
 func Quick(c Config) Config {
-	c.CtrRuns, c.Warmup, c.Calls, c.ParallelCalls = 3, 20, 200, 1000
+	c.CtrRuns, c.Warmup, c.Rounds, c.Calls, c.ParallelCalls = 3, 20, 1, 200, 1000
 	return c
 }
 
@@ -66,9 +72,10 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Ctr2, "ctr2", c.Ctr2, "ctr 2.x binary, skipped when empty")
 	fs.IntVar(&c.CtrRuns, "ctr-runs", c.CtrRuns, "runs of each ctr command")
 	fs.IntVar(&c.Warmup, "warmup", c.Warmup, "unmeasured calls before each workload")
-	fs.IntVar(&c.Calls, "calls", c.Calls, "sequential calls per workload")
+	fs.IntVar(&c.Rounds, "rounds", c.Rounds, "rounds of each workload on each daemon")
+	fs.IntVar(&c.Calls, "calls", c.Calls, "sequential calls per round")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines of the parallel run")
-	fs.IntVar(&c.ParallelCalls, "parallel-calls", c.ParallelCalls, "calls of the parallel run")
+	fs.IntVar(&c.ParallelCalls, "parallel-calls", c.ParallelCalls, "calls of the parallel run of a round")
 }
 
 // side is one daemon under test with its Go client.
@@ -104,7 +111,7 @@ func Run(ctx context.Context, cfg Config) (report *Report, err error) {
 	}
 	defer func() { err = errors.Join(err, theirs.close()) }()
 
-	report = &Report{Config: cfg}
+	report = &Report{Config: cfg, LoadBefore: LoadAverage()}
 	if err := report.ctr(ctx, cfg, ours, theirs); err != nil {
 		return nil, err
 	}
@@ -113,6 +120,7 @@ func Run(ctx context.Context, cfg Config) (report *Report, err error) {
 			return nil, err
 		}
 	}
+	report.LoadAfter = LoadAverage()
 	return report, nil
 }
 
@@ -155,83 +163,121 @@ var workloads = []workload{
 	}},
 }
 
-// ctr times the ctr commands on both sides.
+// sides returns ours and theirs in the order they run in round: the first
+// side alternates, so that neither always runs on a machine the other has
+// just warmed or loaded.
+func sides(round int, ours, theirs *side) []*side {
+	if round%2 == 0 {
+		return []*side{ours, theirs}
+	}
+	return []*side{theirs, ours}
+}
+
+// ctr times the ctr commands on both sides, alternating run by run.
 func (r *Report) ctr(ctx context.Context, cfg Config, ours, theirs *side) error {
 	ctrs := []struct{ label, path string }{{"ctr 1.6 version", cfg.Ctr}}
 	if cfg.Ctr2 != "" {
 		ctrs = append(ctrs, struct{ label, path string }{"ctr 2.x version", cfg.Ctr2})
 	}
 	for _, c := range ctrs {
-		var wall [2]time.Duration
-		for i, s := range []*side{ours, theirs} {
-			d, err := CtrVersion(ctx, c.path, s.daemon.Address, cfg.CtrRuns)
-			if err != nil {
-				return err
+		wall := map[*side][]time.Duration{}
+		for run := range cfg.CtrRuns {
+			for _, s := range sides(run, ours, theirs) {
+				d, err := CtrVersion(ctx, c.path, s.daemon.Address)
+				if err != nil {
+					return err
+				}
+				wall[s] = append(wall[s], d)
 			}
-			wall[i] = d
 		}
-		r.add(c.label+", median wall time", micros(wall[0]), micros(wall[1]), "µs", lower)
+		r.add(c.label+", median wall time",
+			micros(percentile(wall[ours], 50)), micros(percentile(wall[theirs], 50)), "µs", lower)
 	}
 	return nil
 }
 
-// calls measures one workload's latency, throughput and CPU on both sides.
+// calls measures one workload's latency, throughput and CPU on both sides,
+// in rounds that alternate between them.
 func (r *Report) calls(ctx context.Context, cfg Config, w workload, ours, theirs *side) error {
-	var m [2]measurement
-	for i, s := range []*side{ours, theirs} {
-		var err error
-		if m[i], err = measure(ctx, cfg, s, w.call(s.client)); err != nil {
-			return fmt.Errorf("%s on %s: %w", w.name, s.daemon.Name, err)
+	m := map[*side]*measurement{ours: {}, theirs: {}}
+	for _, s := range []*side{ours, theirs} {
+		if _, err := Sequential(ctx, w.call(s.client), cfg.Warmup); err != nil {
+			return fmt.Errorf("warm up %s on %s: %w", w.name, s.daemon.Name, err)
 		}
 	}
-	r.add(w.name+", sequential median", micros(m[0].lat.Median), micros(m[1].lat.Median), "µs", lower)
-	r.add(w.name+", sequential p99", micros(m[0].lat.P99), micros(m[1].lat.P99), "µs", lower)
-	r.add(fmt.Sprintf("%s, %d-way throughput", w.name, cfg.Workers), m[0].rate, m[1].rate, "calls/s", higher)
+	for round := range cfg.Rounds {
+		for _, s := range sides(round, ours, theirs) {
+			if err := m[s].round(ctx, cfg, s, w.call(s.client)); err != nil {
+				return fmt.Errorf("%s on %s: %w", w.name, s.daemon.Name, err)
+			}
+		}
+	}
+
+	o, t := m[ours], m[theirs]
+	lo, lt := Summarize(o.latencies), Summarize(t.latencies)
+	r.add(w.name+", sequential median", micros(lo.Median), micros(lt.Median), "µs", lower)
+	r.add(w.name+", sequential p99", micros(lo.P99), micros(lt.P99), "µs", lower)
+	r.add(fmt.Sprintf("%s, %d-way throughput", w.name, cfg.Workers),
+		median(o.rates), median(t.rates), "calls/s", higher)
 	r.add(w.name+", daemon CPU per call, all processes",
-		m[0].perCall(m[0].cpu.Total()), m[1].perCall(m[1].cpu.Total()), "µs", lower)
+		o.perCall(o.cpu.Total()), t.perCall(t.cpu.Total()), "µs", lower)
 	r.add(w.name+", of which the main process",
-		m[0].perCall(m[0].cpu.Daemon), m[1].perCall(m[1].cpu.Daemon), "µs", lower)
+		o.perCall(o.cpu.Daemon), t.perCall(t.cpu.Daemon), "µs", lower)
 	r.add(w.name+", of which child processes (plugins)",
-		m[0].perCall(m[0].cpu.ChildTotal()), m[1].perCall(m[1].cpu.ChildTotal()), "µs", lower)
+		o.perCall(o.cpu.ChildTotal()), t.perCall(t.cpu.ChildTotal()), "µs", lower)
 	return nil
 }
 
-// measurement is what one workload gave on one side.
+// measurement is what one workload gave on one side over every round.
 type measurement struct {
-	lat   Latency
-	rate  float64
-	cpu   CPU
-	calls int
+	latencies []time.Duration // every sequential call
+	rates     []float64       // calls/s of each parallel run
+	cpu       CPU             // over every measured call
+	calls     int
 }
 
 // perCall spreads d over the measured calls, in microseconds.
-func (m measurement) perCall(d time.Duration) float64 {
+func (m *measurement) perCall(d time.Duration) float64 {
+	if m.calls == 0 {
+		return 0
+	}
 	return micros(d) / float64(m.calls)
 }
 
-// measure runs the sequential and the parallel part of a workload and
-// reads the daemon's CPU time around both (warm-up excluded).
-func measure(ctx context.Context, cfg Config, s *side, call Call) (measurement, error) {
-	if _, err := Sequential(ctx, call, cfg.Warmup, 0); err != nil {
-		return measurement{}, err
-	}
+// round runs the sequential and the parallel part of a workload once and
+// adds the daemon's CPU time around both.
+func (m *measurement) round(ctx context.Context, cfg Config, s *side, call Call) error {
 	before, err := s.daemon.CPU()
 	if err != nil {
-		return measurement{}, err
+		return err
 	}
-	m := measurement{calls: cfg.Calls + cfg.ParallelCalls}
-	if m.lat, err = Sequential(ctx, call, 0, cfg.Calls); err != nil {
-		return measurement{}, err
+	latencies, err := Sequential(ctx, call, cfg.Calls)
+	if err != nil {
+		return err
 	}
-	if m.rate, err = Parallel(ctx, call, cfg.Workers, cfg.ParallelCalls); err != nil {
-		return measurement{}, err
+	rate, err := Parallel(ctx, call, cfg.Workers, cfg.ParallelCalls)
+	if err != nil {
+		return err
 	}
 	after, err := s.daemon.CPU()
 	if err != nil {
-		return measurement{}, err
+		return err
 	}
-	m.cpu = after.Sub(before)
-	return m, nil
+
+	m.latencies = append(m.latencies, latencies...)
+	m.rates = append(m.rates, rate)
+	m.cpu = m.cpu.Add(after.Sub(before))
+	m.calls += cfg.Calls + cfg.ParallelCalls
+	return nil
+}
+
+func median(values []float64) float64 {
+	if len(values) == 0 {
+		return 0
+	}
+	sorted := slices.Clone(values)
+	slices.Sort(sorted)
+	return sorted[(len(sorted)-1)/2]
 }
 
 func micros(d time.Duration) float64 {

@@ -18,23 +18,24 @@ type Latency struct {
 	Median, P99 time.Duration
 }
 
-// Sequential makes warmup unmeasured calls, then n measured ones one after
-// the other, and returns the median and 99th percentile.
-func Sequential(ctx context.Context, call Call, warmup, n int) (Latency, error) {
-	for i := range warmup {
-		if err := call(ctx); err != nil {
-			return Latency{}, fmt.Errorf("warm-up call %d: %w", i, err)
-		}
-	}
+// Sequential makes n calls one after the other and returns the duration
+// of each.
+func Sequential(ctx context.Context, call Call, n int) ([]time.Duration, error) {
 	samples := make([]time.Duration, n)
 	for i := range samples {
 		start := time.Now()
 		if err := call(ctx); err != nil {
-			return Latency{}, fmt.Errorf("call %d: %w", i, err)
+			return nil, fmt.Errorf("call %d: %w", i, err)
 		}
 		samples[i] = time.Since(start)
 	}
-	return Latency{Median: percentile(samples, 50), P99: percentile(samples, 99)}, nil
+	return samples, nil
+}
+
+// Summarize returns the median and 99th percentile of samples, which it
+// sorts.
+func Summarize(samples []time.Duration) Latency {
+	return Latency{Median: percentile(samples, 50), P99: percentile(samples, 99)}
 }
 
 // Parallel makes n calls from workers goroutines that share call, and
@@ -67,19 +68,15 @@ func Parallel(ctx context.Context, call Call, workers, n int) (perSecond float64
 	return float64(n) / elapsed.Seconds(), nil
 }
 
-// CtrVersion runs `ctr --address address version` runs times and returns
-// the median wall time of one run, process start and exit included.
-func CtrVersion(ctx context.Context, ctr, address string, runs int) (time.Duration, error) {
-	samples := make([]time.Duration, runs)
-	for i := range samples {
-		start := time.Now()
-		out, err := exec.CommandContext(ctx, ctr, "--address", address, "version").CombinedOutput()
-		if err != nil {
-			return 0, fmt.Errorf("run %s version against %s: %w\n%s", ctr, address, err, out)
-		}
-		samples[i] = time.Since(start)
+// CtrVersion runs `ctr --address address version` and returns its wall
+// time, process start and exit included.
+func CtrVersion(ctx context.Context, ctr, address string) (time.Duration, error) {
+	start := time.Now()
+	out, err := exec.CommandContext(ctx, ctr, "--address", address, "version").CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("run %s version against %s: %w\n%s", ctr, address, err, out)
 	}
-	return percentile(samples, 50), nil
+	return time.Since(start), nil
 }
 
 // percentile returns the p-th percentile of samples by the nearest-rank
