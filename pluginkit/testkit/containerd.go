@@ -91,6 +91,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 				t.Logf("containerd log:\n%s", tail(data, 200))
 			}
 		}
+		unmountUnder(dir)
 		_ = os.RemoveAll(dir)
 	})
 	c.Start()
@@ -199,4 +200,23 @@ func tail(data []byte, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return string(bytes.Join(lines, []byte("\n")))
+}
+
+// unmountUnder detaches every mount below dir, deepest first, so that a
+// test that failed half-way does not leave mounts behind.
+func unmountUnder(dir string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			points = append(points, f[4])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(points[i], syscall.MNT_DETACH)
+	}
 }

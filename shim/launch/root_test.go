@@ -90,26 +90,49 @@ func newEnvPath(t *testing.T, path string) *env {
 
 // sweep kills and removes every task and container left in the namespace.
 func (e *env) sweep() {
-	out, _ := e.d.Ctr(e.ns, "tasks", "ls", "-q")
+	out, _ := e.try("tasks", "ls", "-q")
 	for _, id := range strings.Fields(out) {
-		_, _ = e.d.Ctr(e.ns, "tasks", "kill", "-a", "-s", "SIGKILL", id)
+		_, _ = e.try("tasks", "kill", "-a", "-s", "SIGKILL", id)
 		for range 50 {
-			if _, err := e.d.Ctr(e.ns, "tasks", "rm", "-f", id); err == nil {
+			if _, err := e.try("tasks", "rm", "-f", id); err == nil {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	out, _ = e.d.Ctr(e.ns, "containers", "ls", "-q")
+	out, _ = e.try("containers", "ls", "-q")
 	for _, id := range strings.Fields(out) {
-		_, _ = e.d.Ctr(e.ns, "containers", "rm", id)
+		_, _ = e.try("containers", "rm", id)
 	}
 }
 
 // ctr runs ctr in the test namespace and fails the test on error.
 func (e *env) ctr(args ...string) string {
 	e.t.Helper()
-	return e.d.MustCtr(e.ns, args...)
+	out, err := e.try(args...)
+	if err != nil {
+		e.t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// try runs ctr in the test namespace and returns its combined output.
+func (e *env) try(args ...string) (string, error) {
+	out, err := e.cmd(args...).CombinedOutput()
+	return string(out), err
+}
+
+// cmd is an unstarted ctr command in the test namespace. Commands that
+// make FIFOs make them in the daemon's directory, which the test removes.
+func (e *env) cmd(args ...string) *exec.Cmd {
+	fifos := []string{"--fifo-dir", filepath.Join(e.d.Dir, "fifo")}
+	switch {
+	case len(args) > 0 && args[0] == "run":
+		args = append(append([]string{"run"}, fifos...), args[1:]...)
+	case len(args) > 1 && args[0] == "tasks" && args[1] == "exec":
+		args = append(append([]string{"tasks", "exec"}, fifos...), args[2:]...)
+	}
+	return e.d.CtrCommand(e.ns, args...)
 }
 
 // run is `ctr run --rm` of cmd with our runtime; it returns stdout,
@@ -118,7 +141,7 @@ func (e *env) run(stdin string, extra []string, id string, cmd ...string) (strin
 	e.t.Helper()
 	args := append([]string{"run", "--rm", "--runtime", runtime}, extra...)
 	args = append(args, "busybox:latest", id)
-	c := e.d.CtrCommand(e.ns, append(args, cmd...)...)
+	c := e.cmd(append(args, cmd...)...)
 	var stdout, stderr strings.Builder
 	c.Stdout, c.Stderr = &stdout, &stderr
 	if stdin != "" {
@@ -150,7 +173,7 @@ func (e *env) bundle(id string) string {
 // taskStatus is id's STATUS column in `ctr tasks ls`, "" without a task,
 // or "?" when the daemon cannot list the tasks.
 func (e *env) taskStatus(id string) (pid, status string) {
-	out, err := e.d.Ctr(e.ns, "tasks", "ls")
+	out, err := e.try("tasks", "ls")
 	if err != nil {
 		return "", "?"
 	}
@@ -197,7 +220,7 @@ func (r *slowReader) Read(p []byte) (int, error) {
 
 func TestRunStdinCloseIO(t *testing.T) {
 	e := newEnv(t)
-	c := e.d.CtrCommand(e.ns, "run", "--rm", "--runtime", runtime, "busybox:latest", "stdin", "cat")
+	c := e.cmd("run", "--rm", "--runtime", runtime, "busybox:latest", "stdin", "cat")
 	c.Stdin = &slowReader{delay: time.Second, data: "x\n"}
 	done := make(chan struct{})
 	var out []byte
@@ -230,7 +253,7 @@ func TestRunTerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	c := e.d.CtrCommand(e.ns, "run", "-t", "--rm", "--runtime", runtime, "busybox:latest", "tty",
+	c := e.cmd("run", "-t", "--rm", "--runtime", runtime, "busybox:latest", "tty",
 		"sh", "-c", "tty; sleep 1; stty size; exit 5")
 	c.Stdin, c.Stdout, c.Stderr = s, s, s
 	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
@@ -260,7 +283,7 @@ func TestDetachedTaskCommands(t *testing.T) {
 	if out := e.ctr("tasks", "ps", "det"); !strings.Contains(out, pid) {
 		t.Errorf("tasks ps = %q, want pid %s", out, pid)
 	}
-	out, err := e.d.Ctr(e.ns, "tasks", "exec", "--exec-id", "e1", "det", "sh", "-c", "echo hi; exit 4")
+	out, err := e.try("tasks", "exec", "--exec-id", "e1", "det", "sh", "-c", "echo hi; exit 4")
 	if out != "hi\n" || err == nil {
 		t.Errorf("tasks exec = (%q, %v), want (\"hi\\n\", exit status 4)", out, err)
 	}
@@ -460,7 +483,7 @@ func TestShimKilled(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	e.waitStatus("victim", "")
-	if out, err := e.d.Ctr(e.ns, "tasks", "rm", "victim"); err != nil && !strings.Contains(out, "not found") {
+	if out, err := e.try("tasks", "rm", "victim"); err != nil && !strings.Contains(out, "not found") {
 		t.Errorf("tasks rm: %v\n%s", err, out)
 	}
 	e.ctr("containers", "rm", "victim")
@@ -502,11 +525,11 @@ func TestBadInput(t *testing.T) {
 				id = tt.args[len(tt.args)-1]
 			}
 			args := append([]string{"run", "--rm", "--runtime", runtime}, tt.args...)
-			out, err := tt.e.d.Ctr(tt.e.ns, args...)
+			out, err := tt.e.try(args...)
 			if err == nil || !strings.Contains(out, tt.want) {
 				t.Errorf("ctr run = (%q, %v), want an error naming %q", out, err, tt.want)
 			}
-			_, _ = tt.e.d.Ctr(tt.e.ns, "containers", "rm", id)
+			_, _ = tt.e.try("containers", "rm", id)
 			tt.e.waitStatus(id, "")
 			bundle := tt.e.bundle(id)
 			if _, err := os.Stat(bundle); !os.IsNotExist(err) {
