@@ -9,6 +9,7 @@ require (
 )
 
 require (
+	corral.dev/content-svc v0.0.0
 	corral.dev/proto v0.0.0 // indirect
 	github.com/BurntSushi/toml v1.6.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
@@ -58,3 +59,5 @@ replace corral.dev/pluginkit => ../pluginkit
 replace corral.dev/supervisor => ../supervisor
 
 replace corral.dev/metadata-svc => ../metadata-svc
+
+replace corral.dev/content-svc => ../content-svc

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	contentsvc "corral.dev/content-svc/service"
 	"corral.dev/metadata-svc/service"
 	"corral.dev/pluginkit"
 	"corral.dev/supervisor/cli"
@@ -14,6 +15,7 @@ import (
 // plugins are every plugin this binary can serve.
 var plugins = []pluginkit.Plugin{
 	service.Plugin,
+	contentsvc.Plugin,
 }
 
 func main() {

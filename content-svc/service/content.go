@@ -1,0 +1,249 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+
+	api "github.com/containerd/containerd/api/services/content/v1"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"corral.dev/content-svc/store"
+	"corral.dev/pluginkit/filters"
+)
+
+// Sizes of the messages the service sends.
+const (
+	// ReadChunkSize is the most data one Read reply carries.
+	ReadChunkSize = 1 << 20
+	// listBatch is the most infos one List reply carries.
+	listBatch = 128
+)
+
+// readBufs holds the buffers of Read streams.
+var readBufs = sync.Pool{New: func() any { return new([ReadChunkSize]byte) }}
+
+// Content serves containerd.services.content.v1.Content on a raw store:
+// refs are opaque keys, labels are neither kept nor returned, and the
+// namespace header is ignored. The metadata plugin adds those on top.
+type Content struct {
+	api.UnimplementedContentServer
+
+	store *store.Store
+	log   zerolog.Logger
+}
+
+// NewContent returns the Content service on s.
+func NewContent(s *store.Store, log zerolog.Logger) *Content {
+	return &Content{store: s, log: log}
+}
+
+// Register registers the service on gs.
+func (c *Content) Register(gs *grpc.Server) {
+	api.RegisterContentServer(gs, c)
+}
+
+// logRequest logs one handled request at Debug.
+func (c *Content) logRequest(msg, dgst, ref string, err error) {
+	ev := c.log.Debug()
+	if dgst != "" {
+		ev = ev.Str("digest", dgst)
+	}
+	if ref != "" {
+		ev = ev.Str("key", ref)
+	}
+	ev.Err(err).Msg(msg)
+}
+
+// Info implements api.ContentServer.
+func (c *Content) Info(_ context.Context, req *api.InfoRequest) (*api.InfoResponse, error) {
+	info, err := c.store.Info(digest.Digest(req.GetDigest()))
+	c.logRequest("info", req.GetDigest(), "", err)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &api.InfoResponse{Info: toInfo(info)}, nil
+}
+
+// Update implements api.ContentServer. The raw store keeps no labels, so
+// Update only answers with the blob's info.
+func (c *Content) Update(_ context.Context, req *api.UpdateRequest) (*api.UpdateResponse, error) {
+	info, err := c.store.Info(digest.Digest(req.GetInfo().GetDigest()))
+	c.logRequest("update", req.GetInfo().GetDigest(), "", err)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &api.UpdateResponse{Info: toInfo(info)}, nil
+}
+
+func toInfo(i store.Info) *api.Info {
+	return &api.Info{
+		Digest:    i.Digest.String(),
+		Size:      i.Size,
+		CreatedAt: timestamppb.New(i.CreatedAt),
+		UpdatedAt: timestamppb.New(i.UpdatedAt),
+	}
+}
+
+// List implements api.ContentServer. Filters may select on digest and
+// size; a blob has no labels here.
+func (c *Content) List(req *api.ListContentRequest, stream api.Content_ListServer) error {
+	err := c.list(req.GetFilters(), stream)
+	c.logRequest("list", "", "", err)
+	return errgrpc.ToGRPC(err)
+}
+
+func (c *Content) list(fs []string, stream api.Content_ListServer) error {
+	filter, err := filters.ParseAll(fs...)
+	if err != nil {
+		return fmt.Errorf("parse filters: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	batch := make([]*api.Info, 0, listBatch)
+	send := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := stream.Send(&api.ListContentResponse{Info: batch})
+		batch = batch[:0]
+		return err
+	}
+	err = c.store.Walk(func(i store.Info) error {
+		if !filter.Match(infoAdaptor(i)) {
+			return nil
+		}
+		if batch = append(batch, toInfo(i)); len(batch) == listBatch {
+			return send()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return send()
+}
+
+// infoAdaptor exposes a blob's info to a filter.
+func infoAdaptor(i store.Info) filters.Adaptor {
+	return filters.AdapterFunc(func(fieldpath []string) (string, bool) {
+		if len(fieldpath) != 1 {
+			return "", false
+		}
+		switch fieldpath[0] {
+		case "digest":
+			return i.Digest.String(), true
+		case "size":
+			return strconv.FormatInt(i.Size, 10), true
+		}
+		return "", false
+	})
+}
+
+// Delete implements api.ContentServer.
+func (c *Content) Delete(_ context.Context, req *api.DeleteContentRequest) (*emptypb.Empty, error) {
+	err := c.store.Delete(digest.Digest(req.GetDigest()))
+	c.logRequest("delete", req.GetDigest(), "", err)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Read implements api.ContentServer: size 0 reads to the end, as does a
+// size past it; an offset past the end is out of range.
+func (c *Content) Read(req *api.ReadContentRequest, stream api.Content_ReadServer) error {
+	err := c.read(req, stream)
+	c.logRequest("read", req.GetDigest(), "", err)
+	return errgrpc.ToGRPC(err)
+}
+
+func (c *Content) read(req *api.ReadContentRequest, stream api.Content_ReadServer) error {
+	f, info, err := c.store.Open(digest.Digest(req.GetDigest()))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+
+	off, end := req.GetOffset(), info.Size
+	if off < 0 || off > end {
+		return fmt.Errorf("read content %s at %d: size is %d: %w", info.Digest, off, end, errdefs.ErrOutOfRange)
+	}
+	if size := req.GetSize(); size > 0 && size < end-off {
+		end = off + size
+	}
+	buf := readBufs.Get().(*[ReadChunkSize]byte)
+	defer readBufs.Put(buf)
+	for off < end {
+		n, err := f.ReadAt(buf[:min(end-off, ReadChunkSize)], off)
+		if n > 0 {
+			if serr := stream.Send(&api.ReadContentResponse{Offset: off, Data: buf[:n]}); serr != nil {
+				return serr
+			}
+			off += int64(n)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Status implements api.ContentServer.
+func (c *Content) Status(_ context.Context, req *api.StatusRequest) (*api.StatusResponse, error) {
+	st, err := c.store.Status(req.GetRef())
+	c.logRequest("status", "", req.GetRef(), err)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &api.StatusResponse{Status: toStatus(st)}, nil
+}
+
+// ListStatuses implements api.ContentServer. Filters select on ref,
+// expected, offset and total.
+func (c *Content) ListStatuses(
+	_ context.Context,
+	req *api.ListStatusesRequest,
+) (*api.ListStatusesResponse, error) {
+	list, err := c.store.ListStatuses(req.GetFilters()...)
+	c.logRequest("list statuses", "", "", err)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	resp := &api.ListStatusesResponse{Statuses: make([]*api.Status, len(list))}
+	for i, st := range list {
+		resp.Statuses[i] = toStatus(st)
+	}
+	return resp, nil
+}
+
+func toStatus(st store.Status) *api.Status {
+	return &api.Status{
+		Ref:       st.Ref,
+		Offset:    st.Offset,
+		Total:     st.Total,
+		Expected:  st.Expected.String(),
+		StartedAt: timestamppb.New(st.StartedAt),
+		UpdatedAt: timestamppb.New(st.UpdatedAt),
+	}
+}
+
+// Abort implements api.ContentServer. An ingest that a Write stream holds
+// is Unavailable.
+func (c *Content) Abort(_ context.Context, req *api.AbortRequest) (*emptypb.Empty, error) {
+	err := c.store.Abort(req.GetRef())
+	c.logRequest("abort", "", req.GetRef(), err)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &emptypb.Empty{}, nil
+}
