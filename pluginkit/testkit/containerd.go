@@ -158,6 +158,14 @@ func (c *Containerd) Stop() {
 	c.cmd = nil
 }
 
+// Pid is the running daemon's pid, or 0 when it is stopped.
+func (c *Containerd) Pid() int {
+	if c.cmd == nil || c.cmd.Process == nil {
+		return 0
+	}
+	return c.cmd.Process.Pid
+}
+
 // Ctr runs ctr against the daemon in namespace ns (none when empty) and
 // returns its combined output.
 func (c *Containerd) Ctr(ns string, args ...string) (string, error) {

@@ -23,7 +23,9 @@ func openLog(f *flags) zerolog.Logger {
 		level = zerolog.DebugLevel
 	}
 	w := fifoWriter(-1)
-	fd, err := unix.Open(filepath.Join(f.bundle, logFIFO), unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	// containerd 1.6 makes the FIFO; without one the log is a plain file.
+	flags := unix.O_WRONLY | unix.O_NONBLOCK | unix.O_CLOEXEC | unix.O_CREAT | unix.O_APPEND
+	fd, err := unix.Open(filepath.Join(f.bundle, logFIFO), flags, 0o600)
 	if err == nil {
 		w = fifoWriter(fd)
 		// A panic reaches the daemon's log too.

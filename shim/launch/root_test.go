@@ -299,6 +299,12 @@ func TestDetachedTaskCommands(t *testing.T) {
 	if out := e.ctr("tasks", "metrics", "det"); !strings.Contains(out, "memory") {
 		t.Errorf("tasks metrics = %q, want memory figures", out)
 	}
+	out, err = e.try("tasks", "checkpoint", "det")
+	if _, lookErr := exec.LookPath("criu"); lookErr != nil && !strings.Contains(out, "criu") {
+		t.Errorf("tasks checkpoint without criu = (%q, %v), want an error naming criu", out, err)
+	} else if lookErr == nil && err != nil {
+		t.Logf("tasks checkpoint with criu: %v\n%s", err, out)
+	}
 
 	e.ctr("tasks", "kill", "-s", "SIGKILL", "det")
 	e.waitStatus("det", "STOPPED")
@@ -626,10 +632,30 @@ func TestSocketIsPathBased(t *testing.T) {
 			t.Errorf("shim holds abstract socket %s", f[7])
 		}
 	}
+	// The shim's oom_score_adj is the daemon's plus one.
+	daemon := readInt(t, fmt.Sprintf("/proc/%d/oom_score_adj", e.d.Pid()))
+	if got, want := readInt(t, fmt.Sprintf("/proc/%d/oom_score_adj", shim)), min(daemon+1, 1000); got != want {
+		t.Errorf("shim oom_score_adj = %d, want %d", got, want)
+	}
+
 	e.ctr("tasks", "kill", "-s", "SIGKILL", "sock")
 	e.waitStatus("sock", "STOPPED")
 	e.ctr("tasks", "rm", "sock")
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("socket %s left after the shim exited: %v", path, err)
 	}
+}
+
+// readInt reads a file holding one integer.
+func readInt(t *testing.T, path string) int {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

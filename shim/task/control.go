@@ -116,7 +116,7 @@ func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Em
 	}
 	err = c.runc.Kill(ctx, c.id, int(r.Signal), &runc.KillOpts{All: r.All})
 	if err != nil {
-		if _, serr := c.runc.State(ctx, c.id); serr != nil {
+		if st, serr := c.runc.State(ctx, c.id); serr != nil || st.Status == "stopped" {
 			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "task %s already finished", r.ID)
 		}
 		return nil, errgrpc.ToGRPC(fmt.Errorf("runc kill: %w", runcError(c.bundle, err)))
