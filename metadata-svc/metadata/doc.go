@@ -16,7 +16,11 @@
 //	│       ├── labels/
 //	│       │   └── <key>         label value
 //	│       ├── images/           later: one bucket per image name
+//	│       │   └── <name>/
+//	│       │       └── record    marshalled containerd.services.images.v1.Image
 //	│       ├── containers/       later: one bucket per container id
+//	│       │   └── <id>/
+//	│       │       └── record    marshalled containerd.services.containers.v1.Container
 //	│       ├── content/          later
 //	│       │   ├── blobs/        later: one bucket per digest
 //	│       │   └── ingests/      later: one bucket per ingest ref
