@@ -292,12 +292,16 @@ func (c *call) finish(cs grpc.ClientStream, sent bool, err error) (answered bool
 }
 
 // unanswered reports whether err came from the connection rather than from
-// the plugin's handler, which marks every answer in its trailer.
+// the plugin's handler, which marks every answer in its trailer. A dead
+// process's connection fails calls with Unavailable, or with Canceled
+// (grpc.ErrClientConnClosing) once the host has closed it; a client's own
+// cancellation is told apart by its context, which the caller checks.
 func unanswered(err error, trailer metadata.MD) bool {
 	if len(trailer.Get(pluginkit.HandledKey)) > 0 {
 		return false
 	}
-	return status.Code(err) == codes.Unavailable
+	code := status.Code(err)
+	return code == codes.Unavailable || code == codes.Canceled
 }
 
 // outgoing turns the client's metadata into the metadata sent to a plugin,
