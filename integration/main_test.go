@@ -308,6 +308,20 @@ func (d *daemon) runningPlugin(t *testing.T, id string) plugin {
 	return p
 }
 
+// restartedPlugin waits until plugin id runs in a process other than old
+// and returns its row.
+func (d *daemon) restartedPlugin(t *testing.T, id string, old int) plugin {
+	t.Helper()
+	var p plugin
+	if !waitFor(bootTimeout, func() bool {
+		p = d.plugins(t)[id]
+		return p.State == "running" && p.Pid > 0 && p.Pid != old
+	}) {
+		t.Fatalf("plugin %s not running again after %v (old pid %d): %+v", id, bootTimeout, old, p)
+	}
+	return p
+}
+
 // childPIDs lists the children of pid from /proc.
 func childPIDs(pid int) []int {
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
@@ -340,14 +354,7 @@ func alive(pid int) bool {
 
 // waitGone waits up to timeout for pid to exit.
 func waitGone(pid int, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if !alive(pid) {
-			return true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return false
+	return waitFor(timeout, func() bool { return !alive(pid) })
 }
 
 // result is what a finished command printed and how it ended.

@@ -173,3 +173,50 @@ func TestPluginRestartCommand(t *testing.T) {
 		t.Errorf("old bolt process %d still running after the restart", old.Pid)
 	}
 }
+
+// TestPluginKilledUnderConcurrentLoad kills the bolt plugin three times
+// while eight clients make namespace calls at once, so that calls are in
+// flight at every stage when the process dies (some committed but not yet
+// answered): every call still succeeds exactly once.
+func TestPluginKilledUnderConcurrentLoad(t *testing.T) {
+	testkit.RequiresRoot(t)
+	const (
+		workers = 8
+		kills   = 3
+	)
+	d := startDaemon(t, settings{})
+	store := newClient(t, d).NamespaceService()
+	ctx := clientContext(t)
+	var done atomic.Int64
+	results := make(chan []error, workers)
+	for w := range workers {
+		prefix := uniqueNS(fmt.Sprintf("w%d", w))
+		go func() { results <- callLoop(ctx, store, prefix, loopCalls, &done) }()
+	}
+
+	total := int64(workers * loopCalls)
+	pid := d.runningPlugin(t, boltID).Pid
+	for k := range int64(kills) {
+		at := (k + 1) * total / (kills + 1)
+		if !waitForFast(time.Minute, func() bool { return done.Load() >= at }) {
+			t.Fatalf("only %d of %d calls returned in a minute", done.Load(), at)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill -9 bolt %d: %v", pid, err)
+		}
+		t.Logf("killed bolt %d after %d calls", pid, done.Load())
+		pid = d.restartedPlugin(t, boltID, pid).Pid
+	}
+
+	for range workers {
+		for _, err := range <-results {
+			t.Error(err)
+		}
+	}
+	if got := d.plugins(t)[boltID].Restarts; got != kills {
+		t.Errorf("containerd plugins ls: bolt restarts = %d, want %d", got, kills)
+	}
+	if got := metricValue(t, scrape(t, d.MetricsAddr), "corral_plugin_restarts_total", boltID); got != kills {
+		t.Errorf(`corral_plugin_restarts_total{plugin="bolt"} = %v, want %d`, got, kills)
+	}
+}
