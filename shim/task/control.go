@@ -44,15 +44,21 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 	if _, ok := c.execs[r.ExecID]; ok || r.ExecID == "" {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "exec %q in task %s", r.ExecID, r.ID)
 	}
-	p := newProcess(r.ExecID, stdio{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal})
+	p := newProcess(r.ExecID, stdioOf(r.Stdin, r.Stdout, r.Stderr, r.Terminal))
 	p.spec = &spec
 	c.execs[r.ExecID] = p
-	s.cfg.Publisher.Publish(TopicExecAdded, &eventtypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
+	s.cfg.Publisher.Publish(TopicExecAdded, &eventtypes.TaskExecAdded{
+		ContainerID: r.ID,
+		ExecID:      r.ExecID,
+	})
 	return empty, nil
 }
 
 // ResizePty resizes a process's terminal.
-func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
+func (s *Service) ResizePty(
+	ctx context.Context,
+	r *taskapi.ResizePtyRequest,
+) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, p, err := s.lookup(r.ID, r.ExecID)
@@ -216,7 +222,10 @@ func (s *Service) freeze(ctx context.Context, id string, pause bool) (*emptypb.E
 }
 
 // Update changes the container's resources.
-func (s *Service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*emptypb.Empty, error) {
+func (s *Service) Update(
+	ctx context.Context,
+	r *taskapi.UpdateTaskRequest,
+) (*emptypb.Empty, error) {
 	var res specs.LinuxResources
 	if r.Resources == nil || json.Unmarshal(r.Resources.GetValue(), &res) != nil {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "update %s: bad resources", r.ID)
@@ -255,7 +264,10 @@ func (s *Service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.Wa
 }
 
 // Stats returns the container's cgroup metrics.
-func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
+func (s *Service) Stats(
+	ctx context.Context,
+	r *taskapi.StatsRequest,
+) (*taskapi.StatsResponse, error) {
 	s.mu.Lock()
 	c, _, err := s.lookup(r.ID, "")
 	if err == nil && c.cg == nil {
@@ -273,7 +285,10 @@ func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.
 }
 
 // State describes the init process or an exec.
-func (s *Service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.StateResponse, error) {
+func (s *Service) State(
+	ctx context.Context,
+	r *taskapi.StateRequest,
+) (*taskapi.StateResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, p, err := s.lookup(r.ID, r.ExecID)
@@ -296,7 +311,10 @@ func (s *Service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.
 }
 
 // Connect returns the shim's and the task's pids.
-func (s *Service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
+func (s *Service) Connect(
+	ctx context.Context,
+	r *taskapi.ConnectRequest,
+) (*taskapi.ConnectResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	resp := &taskapi.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: "2"}
@@ -308,7 +326,10 @@ func (s *Service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*task
 
 // Shutdown exits the shim once it has no container left, or at once with
 // now.
-func (s *Service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
+func (s *Service) Shutdown(
+	ctx context.Context,
+	r *taskapi.ShutdownRequest,
+) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	busy := s.c != nil
 	s.mu.Unlock()
@@ -320,7 +341,10 @@ func (s *Service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*em
 }
 
 // Checkpoint dumps the container with criu.
-func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskRequest) (*emptypb.Empty, error) {
+func (s *Service) Checkpoint(
+	ctx context.Context,
+	r *taskapi.CheckpointTaskRequest,
+) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	c, p, err := s.lookup(r.ID, "")
 	if err == nil && !p.running() {
@@ -358,6 +382,9 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskReque
 	if err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("runc checkpoint: %w", runcError(c.bundle, err)))
 	}
-	s.cfg.Publisher.Publish(TopicCheckpoint, &eventtypes.TaskCheckpointed{ContainerID: r.ID, Checkpoint: r.Path})
+	s.cfg.Publisher.Publish(TopicCheckpoint, &eventtypes.TaskCheckpointed{
+		ContainerID: r.ID,
+		Checkpoint:  r.Path,
+	})
 	return empty, nil
 }

@@ -15,6 +15,7 @@ import (
 
 	eventtypes "github.com/containerd/containerd/api/events"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runc/options"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
@@ -170,13 +171,16 @@ func (s *Service) lookup(id, execID string) (*container, *process, error) {
 }
 
 // Create mounts the rootfs, sets up stdio and runs runc create.
-func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*taskapi.CreateTaskResponse, error) {
+func (s *Service) Create(
+	ctx context.Context,
+	r *taskapi.CreateTaskRequest,
+) (*taskapi.CreateTaskResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-
 	if s.c != nil {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrAlreadyExists, "task %s", s.c.id)
 	}
+
 	c, err := s.create(ctx, r)
 	if err != nil {
 		s.log.Debug().Err(err).Str("id", r.ID).Msg("create failed")
@@ -200,12 +204,21 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 }
 
 // create does the work of Create; on failure it leaves nothing behind.
-func (s *Service) create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *container, err error) {
+func (s *Service) create(
+	ctx context.Context,
+	r *taskapi.CreateTaskRequest,
+) (_ *container, err error) {
+	if r.Checkpoint != "" {
+		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
+	}
 	opts, err := s.runcOptions(r.Options)
 	if err != nil {
 		return nil, err
 	}
 	rc := newRuncConfig(s.cfg.Namespace, opts)
+	if err := rc.save(r.Bundle); err != nil {
+		return nil, fmt.Errorf("save runc config: %w", err)
+	}
 	c := &container{
 		id:      r.ID,
 		bundle:  r.Bundle,
@@ -213,20 +226,10 @@ func (s *Service) create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		runc:    rc.runc(r.Bundle),
 		execs:   make(map[string]*process),
 	}
-	if err := rc.save(r.Bundle); err != nil {
-		return nil, fmt.Errorf("save runc config: %w", err)
-	}
 
 	// Mount the rootfs the daemon prepared.
-	if len(r.Rootfs) > 0 {
-		rootfs := filepath.Join(r.Bundle, "rootfs")
-		if err := os.MkdirAll(rootfs, 0o711); err != nil {
-			return nil, fmt.Errorf("create rootfs dir: %w", err)
-		}
-		if err := mountRootfs(r.Rootfs, rootfs); err != nil {
-			return nil, err
-		}
-		c.rootfs = rootfs
+	if err := c.mount(r.Rootfs); err != nil {
+		return nil, err
 	}
 	defer func() {
 		if err != nil && c.rootfs != "" {
@@ -234,45 +237,15 @@ func (s *Service) create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		}
 	}()
 
-	// Connect stdio and let runc create the container.
-	init := newProcess("", stdio{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal})
-	if init.io, err = newProcIO(init.stdio, rc.IOUid, rc.IOGid); err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			init.io.close()
-		}
-	}()
-	if r.Checkpoint != "" {
-		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
-	}
-	pidFile := filepath.Join(r.Bundle, "init.pid")
-	rio, sock := init.io.runcIO()
-	err = c.runc.Create(ctx, r.ID, r.Bundle, &runc.CreateOpts{
-		PidFile:       pidFile,
-		IO:            rio,
-		ConsoleSocket: sock,
-		NoPivot:       rc.NoPivotRoot,
-		NoNewKeyring:  rc.NoNewKeyring,
-	})
+	// Connect stdio and let runc create the container. Exits reaped
+	// meanwhile wait in the reaper's subscription for the lock.
+	c.init, err = c.createInit(ctx, stdioOf(r.Stdin, r.Stdout, r.Stderr, r.Terminal))
 	if err != nil {
-		err = runcError(r.Bundle, err)
-		_ = c.runc.Delete(context.WithoutCancel(ctx), r.ID, &runc.DeleteOpts{Force: true})
-		return nil, fmt.Errorf("runc create: %w", err)
-	}
-	if err := init.io.started(); err != nil {
-		_ = c.runc.Delete(context.WithoutCancel(ctx), r.ID, &runc.DeleteOpts{Force: true})
 		return nil, err
 	}
-	if init.pid, err = readPidFile(pidFile); err != nil {
-		_ = c.runc.Delete(context.WithoutCancel(ctx), r.ID, &runc.DeleteOpts{Force: true})
-		return nil, err
-	}
-	c.init = init
 
 	// Watch the cgroup for stats and OOM kills; a failure only costs those.
-	if c.cg, err = loadCgroup(init.pid); err != nil {
+	if c.cg, err = loadCgroup(c.init.pid); err != nil {
 		s.log.Warn().Err(err).Str("id", r.ID).Msg("no cgroup for stats")
 		return c, nil
 	}
@@ -285,6 +258,62 @@ func (s *Service) create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	return c, nil
 }
 
+// stdioOf collects the stdio fields of a request.
+func stdioOf(stdin, stdout, stderr string, terminal bool) stdio {
+	return stdio{stdin: stdin, stdout: stdout, stderr: stderr, terminal: terminal}
+}
+
+// mount mounts ms on the bundle's rootfs directory.
+func (c *container) mount(ms []*types.Mount) error {
+	if len(ms) == 0 {
+		return nil
+	}
+	rootfs := filepath.Join(c.bundle, "rootfs")
+	if err := os.MkdirAll(rootfs, 0o711); err != nil {
+		return fmt.Errorf("create rootfs dir: %w", err)
+	}
+	if err := mountRootfs(ms, rootfs); err != nil {
+		return err
+	}
+	c.rootfs = rootfs
+	return nil
+}
+
+// createInit runs runc create with the init process's stdio; on failure
+// no runc container is left.
+func (c *container) createInit(ctx context.Context, sio stdio) (_ *process, err error) {
+	p := newProcess("", sio)
+	if p.io, err = newProcIO(sio, c.runcCfg.IOUid, c.runcCfg.IOGid); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			p.io.close()
+			_ = c.runc.Delete(context.WithoutCancel(ctx), c.id, &runc.DeleteOpts{Force: true})
+		}
+	}()
+
+	pidFile := filepath.Join(c.bundle, "init.pid")
+	rio, sock := p.io.runcIO()
+	err = c.runc.Create(ctx, c.id, c.bundle, &runc.CreateOpts{
+		PidFile:       pidFile,
+		IO:            rio,
+		ConsoleSocket: sock,
+		NoPivot:       c.runcCfg.NoPivotRoot,
+		NoNewKeyring:  c.runcCfg.NoNewKeyring,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("runc create: %w", runcError(c.bundle, err))
+	}
+	if err := p.io.started(); err != nil {
+		return nil, err
+	}
+	if p.pid, err = readPidFile(pidFile); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
 // runcOptions decodes the request's runc options, falling back to the
 // options the shim was started with.
 func (s *Service) runcOptions(a *anypb.Any) (*options.Options, error) {
@@ -293,11 +322,13 @@ func (s *Service) runcOptions(a *anypb.Any) (*options.Options, error) {
 	}
 	v, err := typeurl.UnmarshalAny(a)
 	if err != nil {
-		return nil, fmt.Errorf("decode task options %s: %w", a.GetTypeUrl(), errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("decode task options %s: %w: %w",
+			a.GetTypeUrl(), err, errdefs.ErrInvalidArgument)
 	}
 	o, ok := v.(*options.Options)
 	if !ok {
-		return nil, fmt.Errorf("task options of type %s: %w", a.GetTypeUrl(), errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("task options of unknown type %s: %w",
+			a.GetTypeUrl(), errdefs.ErrInvalidArgument)
 	}
 	return o, nil
 }
@@ -316,7 +347,10 @@ func readPidFile(path string) (int, error) {
 }
 
 // Start starts the init process or an exec.
-func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.StartResponse, error) {
+func (s *Service) Start(
+	ctx context.Context,
+	r *taskapi.StartRequest,
+) (*taskapi.StartResponse, error) {
 	s.mu.Lock()
 	c, p, err := s.lookup(r.ID, r.ExecID)
 	if err == nil && p.status != tasktypes.Status_CREATED {
@@ -337,7 +371,11 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 }
 
 // startInit runs runc start.
-func (s *Service) startInit(ctx context.Context, c *container, p *process) (*taskapi.StartResponse, error) {
+func (s *Service) startInit(
+	ctx context.Context,
+	c *container,
+	p *process,
+) (*taskapi.StartResponse, error) {
 	s.mu.Lock()
 	p.starting = true
 	s.mu.Unlock()
@@ -350,7 +388,10 @@ func (s *Service) startInit(ctx context.Context, c *container, p *process) (*tas
 		if p.status == tasktypes.Status_CREATED {
 			p.status = tasktypes.Status_RUNNING
 		}
-		s.cfg.Publisher.Publish(TopicStart, &eventtypes.TaskStart{ContainerID: c.id, Pid: uint32(p.pid)})
+		s.cfg.Publisher.Publish(TopicStart, &eventtypes.TaskStart{
+			ContainerID: c.id,
+			Pid:         uint32(p.pid),
+		})
 	}
 	if p.heldExit {
 		p.heldExit = false
@@ -363,7 +404,11 @@ func (s *Service) startInit(ctx context.Context, c *container, p *process) (*tas
 }
 
 // startExec runs runc exec detached and adopts the new process.
-func (s *Service) startExec(ctx context.Context, c *container, p *process) (_ *taskapi.StartResponse, err error) {
+func (s *Service) startExec(
+	ctx context.Context,
+	c *container,
+	p *process,
+) (_ *taskapi.StartResponse, err error) {
 	if p.io, err = newProcIO(p.stdio, c.runcCfg.IOUid, c.runcCfg.IOGid); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -410,7 +455,10 @@ func (s *Service) startExec(ctx context.Context, c *container, p *process) (_ *t
 }
 
 // Delete removes an exec, or the container once its init has stopped.
-func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
+func (s *Service) Delete(
+	ctx context.Context,
+	r *taskapi.DeleteRequest,
+) (*taskapi.DeleteResponse, error) {
 	s.mu.Lock()
 	c, p, err := s.lookup(r.ID, r.ExecID)
 	if err == nil && p.running() {
@@ -455,7 +503,8 @@ func (s *Service) deleteInit(ctx context.Context, c *container) error {
 	case <-c.init.exited:
 	case <-time.After(2 * time.Second):
 		s.mu.Lock()
-		c.init.setExited(reaper.Exit{Pid: c.init.pid, Status: 128 + int(unix.SIGKILL), Timestamp: time.Now()})
+		killed := reaper.Exit{Pid: c.init.pid, Status: 128 + int(unix.SIGKILL), Timestamp: time.Now()}
+		c.init.setExited(killed)
 		s.mu.Unlock()
 	}
 	if c.stopOOM != nil {
