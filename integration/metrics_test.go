@@ -90,7 +90,8 @@ func metricValue(t *testing.T, families map[string]*dto.MetricFamily, name, id s
 }
 
 // TestMetrics scrapes /v1/metrics: it parses with expfmt, promlint finds
-// nothing, and it holds the supervisor's own families and bolt's.
+// nothing, and it holds the supervisor's own families and those of every
+// plugin, bolt among them.
 func TestMetrics(t *testing.T) {
 	testkit.RequiresRoot(t)
 	d := startDaemon(t, settings{})
@@ -120,21 +121,26 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 
-	// The plugin's own families, labelled with its id, and its state.
-	for _, name := range []string{
-		"go_goroutines", "process_resident_memory_bytes", "process_cpu_seconds_total",
-	} {
-		if len(pluginSeries(families, name, boltID)) == 0 {
-			t.Errorf("no %s{plugin=%q} series", name, boltID)
+	// Every plugin's own families, labelled with its id, and its state.
+	for id, p := range d.plugins(t) {
+		for _, name := range []string{
+			"go_goroutines", "process_resident_memory_bytes", "process_cpu_seconds_total",
+		} {
+			if len(pluginSeries(families, name, id)) == 0 {
+				t.Errorf("no %s{plugin=%q} series", name, id)
+			}
+		}
+		if v := metricValue(t, families, "process_resident_memory_bytes", id); v <= 0 {
+			t.Errorf("process_resident_memory_bytes{plugin=%q} = %v, want > 0", id, v)
+		}
+		if v := metricValue(t, families, "corral_plugin_up", id); v != 1 {
+			t.Errorf("corral_plugin_up{plugin=%q} = %v, want 1 (%s)", id, v, p.State)
+		}
+		if v := metricValue(t, families, "corral_plugin_restarts_total", id); v != 0 {
+			t.Errorf("corral_plugin_restarts_total{plugin=%q} = %v, want 0", id, v)
 		}
 	}
-	if v := metricValue(t, families, "process_resident_memory_bytes", boltID); v <= 0 {
-		t.Errorf(`process_resident_memory_bytes{plugin="bolt"} = %v, want > 0`, v)
-	}
-	if v := metricValue(t, families, "corral_plugin_up", boltID); v != 1 {
-		t.Errorf(`corral_plugin_up{plugin="bolt"} = %v, want 1`, v)
-	}
-	if v := metricValue(t, families, "corral_plugin_restarts_total", boltID); v != 0 {
-		t.Errorf(`corral_plugin_restarts_total{plugin="bolt"} = %v, want 0`, v)
+	if len(pluginSeries(families, "process_cpu_seconds_total", boltID)) == 0 {
+		t.Errorf("no process_cpu_seconds_total{plugin=%q} series", boltID)
 	}
 }
