@@ -75,6 +75,8 @@ func initPlugin(ctx context.Context, ic *pluginkit.InitContext) error {
 	ic.OnClose(db.Close)
 
 	NewNamespaces(db.Namespaces(), ic.Events, ic.Log).Register(ic.Server)
+	NewImages(db.Images(), ic.Events, nil, ic.Log).Register(ic.Server)
+	NewContainers(db.Containers(), ic.Events, nil, ic.Log).Register(ic.Server)
 	ic.Log.Info().Msgf("metadata db open, content sharing %s", cfg.ContentSharingPolicy)
 	return nil
 }
