@@ -227,8 +227,9 @@ func TestGoClient(t *testing.T) {
 	}
 }
 
-// checkClientPlugins checks that introspection lists bolt with no error.
-func checkClientPlugins(t *testing.T, ctx context.Context, c *client.Client) {
+// checkClientPlugins checks that introspection lists bolt with no error,
+// and returns its exports.
+func checkClientPlugins(t *testing.T, ctx context.Context, c *client.Client) map[string]string {
 	t.Helper()
 	resp, err := c.IntrospectionService().Plugins(ctx, fmt.Sprintf("id==%s", boltID))
 	if err != nil {
@@ -242,6 +243,7 @@ func checkClientPlugins(t *testing.T, ctx context.Context, c *client.Client) {
 		t.Errorf("Plugins(id==%s) = type %q, init error %v; want io.containerd.metadata.v1, none",
 			boltID, p.Type, p.InitErr)
 	}
+	return p.Exports
 }
 
 // TestGoClientMissingNamespace checks what the client relies on for a
