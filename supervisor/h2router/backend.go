@@ -1,0 +1,366 @@
+package h2router
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+)
+
+// backendConn is the router's HTTP/2 connection to one plugin process (or
+// to the supervisor's own server). Every call to that process shares it.
+type backendConn struct {
+	r   *Router
+	key string
+	p   *peer
+	br  *bufio.Reader
+	fr  *http2.Framer
+	fl  flushList
+
+	// Guarded by p.mu.
+	streams map[uint32]*stream
+	nextID  uint32
+	goaway  bool // the backend takes no new streams
+}
+
+// dialBackend connects to addr and starts reading from it.
+func (r *Router) dialBackend(ctx context.Context, key string, addr net.Addr) (*backendConn, error) {
+	nc, err := r.dial(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial plugin at %s: %w", addr, err)
+	}
+	b := &backendConn{
+		r:       r,
+		key:     key,
+		p:       newPeer(nc, 0, backendConnWindow),
+		br:      bufio.NewReaderSize(nc, 64<<10),
+		streams: make(map[uint32]*stream),
+		nextID:  1,
+	}
+	b.fr = http2.NewFramer(nil, b.br)
+	b.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	b.fr.MaxHeaderListSize = maxHeaderListSize
+
+	var fl flushList
+	b.p.writeControl(&fl, func(fr *http2.Framer) error {
+		if _, err := b.p.bw.WriteString(http2.ClientPreface); err != nil {
+			return err
+		}
+		err := fr.WriteSettings(
+			http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: backendStreamWindow},
+			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize},
+		)
+		if err != nil {
+			return err
+		}
+		return fr.WriteWindowUpdate(0, backendConnWindow-65535)
+	})
+	b.p.mu.Lock()
+	b.p.recvAvail = backendConnWindow
+	b.p.mu.Unlock()
+	fl.flush()
+	go b.readLoop()
+	return b, nil
+}
+
+// usable reports whether new calls may go on b.
+func (b *backendConn) usable() bool {
+	b.p.mu.Lock()
+	defer b.p.mu.Unlock()
+	return b.p.err == nil && !b.goaway && b.nextID < 1<<31-1
+}
+
+// attach opens s on b: it takes a stream id, sends the request headers and
+// whatever request bytes the windows allow.
+func (s *stream) attach(fl *flushList, b *backendConn, release func(), replay bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished {
+		return errFinished
+	}
+	p := b.p
+	p.mu.Lock()
+	if p.err != nil || b.goaway {
+		p.mu.Unlock()
+		return errRetry
+	}
+	id := b.nextID
+	b.nextID += 2
+	b.streams[id] = s
+	s.upWin = p.initWin
+	end := s.upEnd && len(s.up) == 0 && s.upTrailers == nil
+	err := p.writeHeadersLocked(id, s.requestFields(replay), end)
+	p.mu.Unlock()
+	fl.add(p)
+	if err != nil {
+		return fmt.Errorf("send request headers: %w", err)
+	}
+	s.b, s.bid, s.release = b, id, release
+	s.upEndSent = end
+	s.sentAny = true
+	s.downRecv = backendStreamWindow
+	s.drainUpLocked(fl)
+	return nil
+}
+
+// readLoop reads and dispatches the backend's frames until the connection
+// ends, then hands every call on it to replay or failure. Like the client
+// loop, it flushes what it wrote once no more input is buffered.
+func (b *backendConn) readLoop() {
+	err := b.readFrames()
+	b.lost(err)
+}
+
+func (b *backendConn) readFrames() error {
+	for {
+		if b.br.Buffered() == 0 {
+			b.fl.flush()
+		}
+		f, err := b.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				b.resetStream(se.StreamID, se.Code)
+				continue
+			}
+			return fmt.Errorf("read from plugin: %w", err)
+		}
+		if err := b.handle(f); err != nil {
+			return err
+		}
+	}
+}
+
+func (b *backendConn) handle(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		if s := b.lookup(f.StreamID); s != nil {
+			s.onBackendHeaders(&b.fl, f.Fields, f.StreamEnded())
+		}
+	case *http2.DataFrame:
+		return b.onData(f)
+	case *http2.WindowUpdateFrame:
+		return b.onWindowUpdate(f)
+	case *http2.RSTStreamFrame:
+		if s := b.lookup(f.StreamID); s != nil {
+			s.onBackendReset(&b.fl, f.ErrCode)
+		}
+	case *http2.SettingsFrame:
+		return b.onSettings(f)
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			b.p.writeControl(&b.fl, func(fr *http2.Framer) error { return fr.WritePing(true, f.Data) })
+		}
+	case *http2.GoAwayFrame:
+		b.onGoAway(f)
+	case *http2.PushPromiseFrame:
+		return errors.New("plugin sent PUSH_PROMISE")
+	}
+	return nil
+}
+
+func (b *backendConn) lookup(id uint32) *stream {
+	b.p.mu.Lock()
+	defer b.p.mu.Unlock()
+	return b.streams[id]
+}
+
+func (b *backendConn) onData(f *http2.DataFrame) error {
+	flowLen := int64(f.Length)
+	if !b.p.charge(flowLen) {
+		return errors.New("plugin overran the connection window")
+	}
+	s := b.lookup(f.StreamID)
+	if s == nil {
+		b.p.credit(&b.fl, flowLen)
+		return nil
+	}
+	if err := s.onBackendData(&b.fl, f.Data(), flowLen, f.StreamEnded()); err != nil {
+		b.resetStream(f.StreamID, http2.ErrCodeFlowControl)
+	}
+	return nil
+}
+
+func (b *backendConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	if f.StreamID == 0 {
+		blocked, ok := b.p.grow(int64(f.Increment))
+		if !ok {
+			return errors.New("plugin overflowed the connection window")
+		}
+		for _, s := range blocked {
+			s.mu.Lock()
+			s.blockedUp = false
+			s.drainUpLocked(&b.fl)
+			s.mu.Unlock()
+		}
+		return nil
+	}
+	s := b.lookup(f.StreamID)
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	if s.b == b {
+		s.upWin += int64(f.Increment)
+		s.drainUpLocked(&b.fl)
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+func (b *backendConn) onSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	delta, err := b.p.applySettings(f)
+	if err != nil {
+		return fmt.Errorf("plugin settings: %w", err)
+	}
+	b.fl.add(b.p)
+	if delta == 0 {
+		return nil
+	}
+	for _, s := range b.snapshot() {
+		s.mu.Lock()
+		if s.b == b {
+			s.upWin += delta
+			s.drainUpLocked(&b.fl)
+		}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// onGoAway stops new calls on b; the calls the backend never saw are
+// replayed or failed, the others finish.
+func (b *backendConn) onGoAway(f *http2.GoAwayFrame) {
+	b.p.mu.Lock()
+	b.goaway = true
+	var unseen []*stream
+	for id, s := range b.streams {
+		if id > f.LastStreamID {
+			unseen = append(unseen, s)
+			delete(b.streams, id)
+		}
+	}
+	b.p.mu.Unlock()
+	b.r.pool.forget(b)
+	for _, s := range unseen {
+		s.onBackendLost(&b.fl, errors.New("plugin is going away"))
+	}
+}
+
+func (b *backendConn) snapshot() []*stream {
+	b.p.mu.Lock()
+	defer b.p.mu.Unlock()
+	out := make([]*stream, 0, len(b.streams))
+	for _, s := range b.streams {
+		out = append(out, s)
+	}
+	return out
+}
+
+// resetStream resets backend stream id and fails its call.
+func (b *backendConn) resetStream(id uint32, code http2.ErrCode) {
+	b.p.writeRST(&b.fl, id, code)
+	if s := b.lookup(id); s != nil {
+		s.fail(&b.fl, codes.Internal, "plugin broke the protocol")
+	}
+}
+
+// lost ends the connection and hands its calls to replay or failure.
+func (b *backendConn) lost(err error) {
+	b.p.fail(err)
+	b.r.pool.forget(b)
+	b.p.mu.Lock()
+	streams := b.streams
+	b.streams = make(map[uint32]*stream)
+	b.p.mu.Unlock()
+	for _, s := range streams {
+		s.onBackendLost(&b.fl, err)
+	}
+	b.fl.flush()
+}
+
+// pool keeps one connection per backend address.
+type pool struct {
+	mu    sync.Mutex
+	conns map[string]*poolEntry
+}
+
+type poolEntry struct {
+	ready chan struct{}
+	b     *backendConn
+	err   error
+}
+
+// get returns a usable connection to addr, dialing one if needed.
+func (r *Router) getConn(ctx context.Context, addr net.Addr) (*backendConn, error) {
+	key := addr.Network() + ":" + addr.String()
+	pl := &r.pool
+	for {
+		pl.mu.Lock()
+		e := pl.conns[key]
+		if e == nil {
+			e = &poolEntry{ready: make(chan struct{})}
+			pl.conns[key] = e
+			pl.mu.Unlock()
+			e.b, e.err = r.dialBackend(ctx, key, addr)
+			if e.err != nil {
+				pl.mu.Lock()
+				delete(pl.conns, key)
+				pl.mu.Unlock()
+			}
+			close(e.ready)
+			return e.b, e.err
+		}
+		pl.mu.Unlock()
+		select {
+		case <-e.ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if e.err == nil && e.b.usable() {
+			return e.b, nil
+		}
+		if e.b != nil {
+			pl.forget(e.b)
+		}
+	}
+}
+
+// forget drops b from the pool, so that the next call dials afresh.
+func (pl *pool) forget(b *backendConn) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if e := pl.conns[b.key]; e != nil && e.b == b {
+		delete(pl.conns, b.key)
+	}
+}
+
+// closeAll closes every pooled connection.
+func (pl *pool) closeAll() {
+	pl.mu.Lock()
+	var conns []*backendConn
+	for k, e := range pl.conns {
+		select {
+		case <-e.ready:
+			if e.b != nil {
+				conns = append(conns, e.b)
+			}
+		default:
+		}
+		delete(pl.conns, k)
+	}
+	pl.mu.Unlock()
+	for _, b := range conns {
+		b.p.fail(net.ErrClosed)
+	}
+}

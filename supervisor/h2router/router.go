@@ -1,0 +1,324 @@
+// Package h2router forwards public gRPC calls to plugin processes at the
+// HTTP/2 level. It decodes only each new stream's HEADERS, to pick the
+// backend by :path, re-encodes them toward that backend's connection, and
+// passes DATA frames through without looking into gRPC messages beyond
+// their 5-byte length prefixes (for the size limits).
+//
+// Each side of a call has its own stream id and its own flow-control
+// windows. The router gives a sender window back only as the other side
+// takes the bytes, so a client that stops reading stalls its call's backend
+// stream instead of filling the router's memory: at most one stream window
+// per direction is held for a call.
+//
+// Calls whose client sends one message (unary and server-streaming) keep
+// their request until the backend's response HEADERS arrive; if the plugin
+// dies first, the call is sent again, with the same corral-call-id, once the
+// plugin host hands out the plugin's next process. The supervisor's own
+// services are served by an in-process grpc.Server reached over a socket
+// pair, as one more backend.
+package h2router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Backends is what the router needs from the plugin host.
+type Backends interface {
+	// AcquireAddr returns the socket address of the plugin that serves
+	// service, or of the plugin named target when target is not empty,
+	// waiting while that plugin starts or restarts. release ends the call's
+	// hold on the plugin, which may then be drained. Errors are gRPC status
+	// errors.
+	AcquireAddr(ctx context.Context, service, target string) (addr net.Addr, release func(), err error)
+}
+
+// Options configure a Router.
+type Options struct {
+	// ByTarget routes by the pluginkit.TargetKey header (the internal
+	// socket) instead of by service.
+	ByTarget bool
+	// ReplayTimeout bounds how long a call is replayed after its plugin died.
+	ReplayTimeout time.Duration
+	// MaxRecvMsgSize and MaxSendMsgSize limit the messages a client sends
+	// and receives; 0 means no limit.
+	MaxRecvMsgSize, MaxSendMsgSize int
+	// WriteTimeout bounds one write to a client; a client that does not
+	// read its socket for that long loses its connection.
+	WriteTimeout time.Duration
+	// Local, if set, serves the supervisor's own services. The router
+	// serves it over in-memory connections and stops it with the router;
+	// its services must be registered before New.
+	Local *grpc.Server
+	// Observe, if set, is called once per call with its full method name,
+	// its start and its outcome (a status error, nil for OK).
+	Observe func(method string, start time.Time, err error)
+	// Log receives the router's debug lines.
+	Log zerolog.Logger
+}
+
+// Router serves HTTP/2 connections and forwards their calls.
+type Router struct {
+	backends Backends
+	opts     Options
+	methods  methodTable
+	local    map[string]bool // services served by opts.Local
+	localLis *pipeListener
+	pool     pool
+	seq      atomic.Uint64
+	prefix   string
+	ctx      context.Context
+	cancel   context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]bool
+	conns     map[*clientConn]bool
+	stopped   bool
+	wg        sync.WaitGroup
+}
+
+// New returns a router that forwards to backends.
+func New(backends Backends, opts Options) *Router {
+	if opts.ReplayTimeout == 0 {
+		opts.ReplayTimeout = 30 * time.Second
+	}
+	if opts.WriteTimeout == 0 {
+		opts.WriteTimeout = 30 * time.Second
+	}
+	r := &Router{
+		backends:  backends,
+		opts:      opts,
+		local:     make(map[string]bool),
+		prefix:    fmt.Sprintf("%x-", time.Now().UnixNano()),
+		listeners: make(map[net.Listener]bool),
+		conns:     make(map[*clientConn]bool),
+	}
+	r.pool.conns = make(map[string]*poolEntry)
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	if opts.Local != nil {
+		for name := range opts.Local.GetServiceInfo() {
+			r.local[name] = true
+		}
+		r.localLis = newPipeListener()
+		go func() { _ = opts.Local.Serve(r.localLis) }()
+	}
+	return r
+}
+
+// Serve accepts connections on l and serves each, until l fails or the
+// router stops. It returns nil after a stop.
+func (r *Router) Serve(l net.Listener) error {
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	r.listeners[l] = true
+	r.mu.Unlock()
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			r.mu.Lock()
+			stopped := r.stopped
+			delete(r.listeners, l)
+			r.mu.Unlock()
+			if stopped {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		r.ServeConn(nc)
+	}
+}
+
+// ServeConn serves one connection on a goroutine of its own.
+func (r *Router) ServeConn(nc net.Conn) {
+	c := newClientConn(r, nc)
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		nc.Close()
+		return
+	}
+	r.conns[c] = true
+	r.wg.Add(1)
+	r.mu.Unlock()
+	go func() {
+		defer r.wg.Done()
+		if err := c.serve(); err != nil {
+			r.opts.Log.Debug().Err(err).Msg("client connection ended")
+		}
+	}()
+}
+
+func (r *Router) forget(c *clientConn) {
+	r.mu.Lock()
+	delete(r.conns, c)
+	r.mu.Unlock()
+}
+
+// Stop closes the listeners and every connection, ending calls in flight.
+func (r *Router) Stop() {
+	r.mu.Lock()
+	r.stopped = true
+	for l := range r.listeners {
+		l.Close()
+	}
+	conns := make([]*clientConn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.p.fail(net.ErrClosed)
+	}
+	r.wg.Wait()
+	r.cancel()
+	r.pool.closeAll()
+	if r.opts.Local != nil {
+		r.opts.Local.Stop()
+		r.localLis.Close()
+	}
+}
+
+// GracefulStop stops accepting connections, tells clients to open no more
+// calls, and waits for the calls in flight to end or ctx to end, then stops.
+func (r *Router) GracefulStop(ctx context.Context) {
+	r.mu.Lock()
+	r.stopped = true
+	for l := range r.listeners {
+		l.Close()
+	}
+	conns := make([]*clientConn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.drain()
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for _, c := range conns {
+		for !c.idle() {
+			select {
+			case <-ctx.Done():
+				r.Stop()
+				return
+			case <-tick.C:
+			}
+		}
+	}
+	r.Stop()
+}
+
+// Errors that make the router try a call's backend again.
+var (
+	errRetry    = errors.New("backend connection not usable")
+	errFinished = errors.New("call already finished")
+)
+
+// open finds the call's backend and starts the call on it, trying again
+// while the backend cannot be reached and the call has not reached it.
+func (s *stream) open(replay bool) {
+	var fl flushList
+	defer fl.flush()
+	backoff := time.Duration(0)
+	if replay {
+		backoff = 2 * time.Millisecond
+	}
+	for {
+		if backoff > 0 {
+			t := time.NewTimer(backoff)
+			select {
+			case <-s.ctx.Done():
+				t.Stop()
+				s.fail(&fl, status.FromContextError(s.ctx.Err()).Code(), "call ended waiting for its plugin")
+				return
+			case <-t.C:
+			}
+		}
+		err := s.connect(&fl, replay)
+		fl.flush()
+		if err == nil || errors.Is(err, errFinished) {
+			return
+		}
+		if !errors.Is(err, errRetry) || time.Now().After(s.replayUntil) || s.ctx.Err() != nil {
+			st := status.Convert(err)
+			if s.ctx.Err() != nil {
+				st = status.FromContextError(s.ctx.Err())
+			}
+			s.fail(&fl, st.Code(), st.Message())
+			return
+		}
+		s.c.r.opts.Log.Debug().Str("method", s.path).Err(err).Msg("plugin not reachable, trying again")
+		backoff = min(max(2*backoff, 2*time.Millisecond), 100*time.Millisecond)
+	}
+}
+
+// connect acquires the call's backend and attaches the call to it.
+func (s *stream) connect(fl *flushList, replay bool) error {
+	r := s.c.r
+	addr, release, err := r.acquire(s.ctx, s.service, s.target)
+	if err != nil {
+		return err
+	}
+	b, err := r.getConn(s.ctx, addr)
+	if err != nil {
+		release()
+		return fmt.Errorf("%w: %w", errRetry, err)
+	}
+	if err := s.attach(fl, b, release, replay); err != nil {
+		release()
+		return err
+	}
+	return nil
+}
+
+// acquire returns the address of the backend that serves service.
+func (r *Router) acquire(ctx context.Context, service, target string) (net.Addr, func(), error) {
+	if target == "" && r.local[service] {
+		return localAddr{}, func() {}, nil
+	}
+	return r.backends.AcquireAddr(ctx, service, target)
+}
+
+// dial connects to addr, the in-process server included.
+func (r *Router) dial(ctx context.Context, addr net.Addr) (net.Conn, error) {
+	if _, ok := addr.(localAddr); ok {
+		if r.localLis == nil {
+			return nil, errors.New("no local server")
+		}
+		return r.localLis.dial()
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, addr.Network(), addr.String())
+}
+
+func (r *Router) isLocal(service string) bool {
+	return !r.opts.ByTarget && r.local[service]
+}
+
+// callID returns a new corral-call-id value.
+func (r *Router) callID() string {
+	return r.prefix + fmt.Sprint(r.seq.Add(1))
+}
+
+// statusErr returns the status error of code, nil for OK.
+func statusErr(code codes.Code) error {
+	if code == codes.OK {
+		return nil
+	}
+	return status.Error(code, code.String())
+}
