@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -185,7 +186,8 @@ func TestPluginRestartCommand(t *testing.T) {
 // TestPluginKilledUnderConcurrentLoad kills the bolt plugin three times
 // while eight clients make namespace calls at once, so that calls are in
 // flight at every stage when the process dies (some committed but not yet
-// answered): every call still succeeds exactly once.
+// answered): every call still succeeds exactly once, and every event
+// reaches a subscriber.
 func TestPluginKilledUnderConcurrentLoad(t *testing.T) {
 	testkit.RequiresRoot(t)
 	const (
@@ -193,12 +195,16 @@ func TestPluginKilledUnderConcurrentLoad(t *testing.T) {
 		kills   = 3
 	)
 	d := startDaemon(t, settings{})
-	store := newClient(t, d).NamespaceService()
+	c := newClient(t, d)
+	store := c.NamespaceService()
 	ctx := clientContext(t)
+	events := collectEvents(t, subscribe(t, ctx, c))
 	var done atomic.Int64
 	results := make(chan []error, workers)
+	var prefixes []string
 	for w := range workers {
 		prefix := uniqueNS(fmt.Sprintf("w%d", w))
+		prefixes = append(prefixes, prefix)
 		go func() { results <- callLoop(ctx, store, prefix, loopCalls, &done) }()
 	}
 
@@ -221,10 +227,81 @@ func TestPluginKilledUnderConcurrentLoad(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	// Every namespace's create, update and delete reached the subscriber.
+	var want []string
+	for _, prefix := range prefixes {
+		for k := range loopCalls / 5 {
+			for _, topic := range []string{"create", "update", "delete"} {
+				want = append(want, fmt.Sprintf("%s-%d /namespaces/%s", prefix, k, topic))
+			}
+		}
+	}
+	events.check(t, want)
+
 	if got := d.plugins(t)[boltID].Restarts; got != kills {
 		t.Errorf("containerd plugins ls: bolt restarts = %d, want %d", got, kills)
 	}
 	if got := metricValue(t, scrape(t, d.MetricsAddr), "corral_plugin_restarts_total", boltID); got != kills {
 		t.Errorf(`corral_plugin_restarts_total{plugin="bolt"} = %v, want %d`, got, kills)
+	}
+}
+
+// eventCounter counts the events of a subscription by "namespace topic",
+// reading them as they come so that the subscriber never falls behind.
+type eventCounter struct {
+	mu     sync.Mutex
+	counts map[string]int
+	err    error
+}
+
+func collectEvents(t *testing.T, s *subscription) *eventCounter {
+	t.Helper()
+	ec := &eventCounter{counts: make(map[string]int)}
+	go func() {
+		for {
+			select {
+			case e := <-s.envelopes:
+				ec.mu.Lock()
+				ec.counts[e.Namespace+" "+e.Topic]++
+				ec.mu.Unlock()
+			case err := <-s.errs:
+				ec.mu.Lock()
+				ec.err = err
+				ec.mu.Unlock()
+				return
+			}
+		}
+	}()
+	return ec
+}
+
+// check waits for each of want to arrive, failing t for those that do not,
+// and logs how many arrived more than once.
+func (ec *eventCounter) check(t *testing.T, want []string) {
+	t.Helper()
+	var missing []string
+	dups := 0
+	waitFor(10*time.Second, func() bool {
+		ec.mu.Lock()
+		defer ec.mu.Unlock()
+		missing, dups = missing[:0], 0
+		for _, w := range want {
+			switch n := ec.counts[w]; {
+			case n == 0:
+				missing = append(missing, w)
+			case n > 1:
+				dups++
+			}
+		}
+		return len(missing) == 0 || ec.err != nil
+	})
+	if ec.err != nil {
+		t.Errorf("subscription ended: %v", ec.err)
+	}
+	if len(missing) > 0 {
+		t.Errorf("%d of %d events never arrived, first %q", len(missing), len(want), missing[0])
+	}
+	if dups > 0 {
+		t.Logf("%d of %d events arrived more than once (calls replayed after the kills)", dups, len(want))
 	}
 }
