@@ -75,6 +75,13 @@ func exitFailure(t *testing.T, args ...string) string {
 	return out.String()
 }
 
+// lastLine is the last non-empty line of out, where the daemon says why it
+// stopped.
+func lastLine(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return lines[len(lines)-1]
+}
+
 // stopProcess stops a daemon started outside startDaemon, with its plugins.
 func stopProcess(pid int, done <-chan error) {
 	children := childPIDs(pid)
@@ -207,6 +214,7 @@ func TestBadConfig(t *testing.T) {
 			before := dirEntries(t, l.Dir)
 
 			out := exitFailure(t, args...)
+			t.Logf("message: %s", lastLine(out))
 			for _, want := range tt.want {
 				want = strings.ReplaceAll(want, "$DIR", l.Dir)
 				if !strings.Contains(out, want) {
@@ -250,6 +258,7 @@ func TestSecondDaemon(t *testing.T) {
 			l.writeConfig(t, settings{})
 
 			out := exitFailure(t, "-c", l.Config)
+			t.Logf("message: %s", lastLine(out))
 			if !strings.Contains(out, tt.want) {
 				t.Errorf("message does not say %q:\n%s", tt.want, out)
 			}

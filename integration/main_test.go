@@ -101,8 +101,9 @@ func newLayout(t *testing.T) *layout {
 
 // settings are the parts of a configuration tests vary.
 type settings struct {
-	OOMScore         int
-	GRPCUID, GRPCGID int
+	OOMScore           int
+	GRPCUID, GRPCGID   int
+	DebugUID, DebugGID int
 	// Extra is TOML appended after the tables the layout writes.
 	Extra string
 }
@@ -121,6 +122,8 @@ oom_score = %d
 
 [debug]
   address = %q
+  uid = %d
+  gid = %d
 
 [metrics]
   address = %q
@@ -128,7 +131,8 @@ oom_score = %d
 [plugin_host]
   call_wait_timeout = "30s"
   restart_backoff_max = "2s"
-%s`, l.Root, l.State, s.OOMScore, l.Socket, s.GRPCUID, s.GRPCGID, l.DebugSocket, l.MetricsAddr, s.Extra)
+%s`, l.Root, l.State, s.OOMScore, l.Socket, s.GRPCUID, s.GRPCGID,
+		l.DebugSocket, s.DebugUID, s.DebugGID, l.MetricsAddr, s.Extra)
 }
 
 // writeConfig writes the configuration for l with s to l.Config.

@@ -15,10 +15,12 @@ import (
 	"corral.dev/pluginkit/testkit"
 )
 
-// Owner the tests give the public socket.
+// Owners the tests give the public and the debug socket.
 const (
-	socketUID = 1234
-	socketGID = 1235
+	socketUID      = 1234
+	socketGID      = 1235
+	debugSocketUID = 1236
+	debugSocketGID = 1237
 )
 
 // checkMode checks the type, permission bits and owner of path.
@@ -71,7 +73,10 @@ func TestModes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			l := newLayout(t)
-			l.writeConfig(t, settings{GRPCUID: socketUID, GRPCGID: socketGID})
+			l.writeConfig(t, settings{
+				GRPCUID: socketUID, GRPCGID: socketGID,
+				DebugUID: debugSocketUID, DebugGID: debugSocketGID,
+			})
 			if tt.before != nil {
 				tt.before(t, l)
 			}
@@ -79,7 +84,7 @@ func TestModes(t *testing.T) {
 			d.runningPlugin(t, boltID)
 
 			checkMode(t, d.Socket, fs.ModeSocket, 0o660, socketUID, socketGID)
-			checkMode(t, d.DebugSocket, fs.ModeSocket, 0o660, 0, 0)
+			checkMode(t, d.DebugSocket, fs.ModeSocket, 0o660, debugSocketUID, debugSocketGID)
 			checkMode(t, filepath.Join(d.State, "internal.sock"), fs.ModeSocket, 0o600, 0, 0)
 			checkMode(t, d.Root, fs.ModeDir, 0o700, 0, 0)
 			checkMode(t, d.State, fs.ModeDir, 0o711, 0, 0)
