@@ -205,7 +205,10 @@ func readContainer(b *bolt.Bucket, id string) (*containersapi.Container, error) 
 
 // updatedContainer returns cur changed by the fields of req that paths
 // name.
-func updatedContainer(cur, req *containersapi.Container, paths []string) (*containersapi.Container, error) {
+func updatedContainer(
+	cur, req *containersapi.Container,
+	paths []string,
+) (*containersapi.Container, error) {
 	req = proto.CloneOf(req)
 	if len(paths) == 0 {
 		if err := checkImmutable(cur, req); err != nil {
@@ -297,7 +300,8 @@ func validateContainer(c *containersapi.Container) error {
 	default:
 		return nil
 	}
-	return fmt.Errorf("container %q: %s must be set: %w", c.GetID(), missing, errdefs.ErrInvalidArgument)
+	return fmt.Errorf("container %q: %s must be set: %w",
+		c.GetID(), missing, errdefs.ErrInvalidArgument)
 }
 
 func validateExtensionKey(k string) error {

@@ -143,7 +143,8 @@ func TestContainerStoreCreate(t *testing.T) {
 			}
 			now := timestamppb.New(t0.Add(time.Minute))
 			want := edit(tt.c.GetID(), func(c *containersapi.Container) {
-				c.Labels, c.Snapshotter, c.SnapshotKey = tt.c.GetLabels(), tt.c.GetSnapshotter(), tt.c.GetSnapshotKey()
+				c.Labels = tt.c.GetLabels()
+				c.Snapshotter, c.SnapshotKey = tt.c.GetSnapshotter(), tt.c.GetSnapshotKey()
 				c.CreatedAt, c.UpdatedAt = now, now
 			})
 			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
@@ -246,8 +247,10 @@ func TestContainerStoreUpdate(t *testing.T) {
 			}),
 		},
 		{
-			name:    "empty mask with other runtime",
-			req:     edit("a", func(c *containersapi.Container) { c.Runtime.Name = "io.containerd.kata.v2" }),
+			name: "empty mask with other runtime",
+			req: edit("a", func(c *containersapi.Container) {
+				c.Runtime.Name = "io.containerd.kata.v2"
+			}),
 			wantErr: errdefs.ErrInvalidArgument,
 		},
 		{
@@ -311,7 +314,8 @@ func TestContainerStoreUpdate(t *testing.T) {
 			want.CreatedAt, want.UpdatedAt = timestamppb.New(t0), timestamppb.New(t0)
 			if err == nil {
 				want = tt.want
-				want.CreatedAt, want.UpdatedAt = timestamppb.New(t0), timestamppb.New(t0.Add(time.Minute))
+				want.CreatedAt = timestamppb.New(t0)
+				want.UpdatedAt = timestamppb.New(t0.Add(time.Minute))
 				if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
 					t.Errorf("Update mismatch (-want +got):\n%s", diff)
 				}

@@ -78,7 +78,11 @@ func (s *ImageStore) Get(ctx context.Context, ns, name string) (*imagesapi.Image
 // List returns the images of namespace ns that match any of the filters,
 // sorted by name. Filter fields are name, target.digest, target.mediatype,
 // labels.<key> and annotations.<key> (of the target).
-func (s *ImageStore) List(ctx context.Context, ns string, fs ...string) ([]*imagesapi.Image, error) {
+func (s *ImageStore) List(
+	ctx context.Context,
+	ns string,
+	fs ...string,
+) ([]*imagesapi.Image, error) {
 	if err := checkNamespace(ns); err != nil {
 		return nil, err
 	}
@@ -110,7 +114,11 @@ func (s *ImageStore) List(ctx context.Context, ns string, fs ...string) ([]*imag
 // Create stores img in namespace ns, creating the namespace if needed, with
 // created_at and updated_at set to now. It fails with
 // [errdefs.ErrAlreadyExists] if an image of that name exists.
-func (s *ImageStore) Create(ctx context.Context, ns string, img *imagesapi.Image) (*imagesapi.Image, error) {
+func (s *ImageStore) Create(
+	ctx context.Context,
+	ns string,
+	img *imagesapi.Image,
+) (*imagesapi.Image, error) {
 	if err := checkNamespace(ns); err != nil {
 		return nil, err
 	}
@@ -225,7 +233,8 @@ func checkImageTarget(b *bolt.Bucket, name string, target digest.Digest) error {
 		return err
 	}
 	if got := img.GetTarget().GetDigest(); got != target.String() {
-		return fmt.Errorf("image %q has target %s, not %s: %w", name, got, target, errdefs.ErrNotFound)
+		return fmt.Errorf("image %q has target %s, not %s: %w",
+			name, got, target, errdefs.ErrNotFound)
 	}
 	return nil
 }
@@ -308,13 +317,15 @@ func validateTarget(t *types.Descriptor) error {
 		return fmt.Errorf("target must be set: %w", errdefs.ErrInvalidArgument)
 	}
 	if err := digest.Digest(t.GetDigest()).Validate(); err != nil {
-		return fmt.Errorf("target digest %.80q: %v: %w", t.GetDigest(), err, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("target digest %.80q: %v: %w",
+			t.GetDigest(), err, errdefs.ErrInvalidArgument)
 	}
 	if t.GetMediaType() == "" {
 		return fmt.Errorf("target media type must be set: %w", errdefs.ErrInvalidArgument)
 	}
 	if t.GetSize() <= 0 {
-		return fmt.Errorf("target size %d must be positive: %w", t.GetSize(), errdefs.ErrInvalidArgument)
+		return fmt.Errorf("target size %d must be positive: %w",
+			t.GetSize(), errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

@@ -121,8 +121,10 @@ func TestImageStoreCreate(t *testing.T) {
 			wantErr: errdefs.ErrInvalidArgument,
 		},
 		{
-			name:    "traversing digest",
-			img:     withTarget(&types.Descriptor{MediaType: indexType, Digest: "sha256:../../x", Size: 1}),
+			name: "traversing digest",
+			img: withTarget(&types.Descriptor{
+				MediaType: indexType, Digest: "sha256:../../x", Size: 1,
+			}),
 			wantErr: errdefs.ErrInvalidArgument,
 		},
 		{
@@ -299,7 +301,8 @@ func TestImageStoreUpdate(t *testing.T) {
 					t.Errorf("Update mismatch (-want +got):\n%s", diff)
 				}
 			}
-			if diff := cmp.Diff([]*imagesapi.Image{want}, listImages(t, db), protocmp.Transform()); diff != "" {
+			stored := listImages(t, db)
+			if diff := cmp.Diff([]*imagesapi.Image{want}, stored, protocmp.Transform()); diff != "" {
 				t.Errorf("stored images mismatch (-want +got):\n%s", diff)
 			}
 		})
@@ -314,29 +317,30 @@ func relabel(img *imagesapi.Image, kv ...string) *imagesapi.Image {
 
 func TestImageStoreList(t *testing.T) {
 	ctx := context.Background()
-	withManifest := testImage("docker.io/library/redis:7", "tier", "db", "a.b", "c")
-	withManifest.Target = &types.Descriptor{MediaType: mfstType, Digest: dgstB, Size: 5}
-	db, _ := imageTestDB(t,
-		testImage("docker.io/library/busybox:latest", "tier", "web"),
-		withManifest,
-		testImage("import-2026-12-03:latest"),
+	const (
+		bb = "docker.io/library/busybox:latest"
+		rd = "docker.io/library/redis:7"
+		im = "import-2026-12-03:latest"
 	)
+	withManifest := testImage(rd, "tier", "db", "a.b", "c")
+	withManifest.Target = &types.Descriptor{MediaType: mfstType, Digest: dgstB, Size: 5}
+	db, _ := imageTestDB(t, testImage(bb, "tier", "web"), withManifest, testImage(im))
 	tests := []struct {
 		filters []string
 		want    []string
 		wantErr error
 	}{
-		{want: []string{"docker.io/library/busybox:latest", "docker.io/library/redis:7", "import-2026-12-03:latest"}},
-		{filters: []string{"name==import-2026-12-03:latest"}, want: []string{"import-2026-12-03:latest"}},
-		{filters: []string{`name~=^docker\.io/`}, want: []string{"docker.io/library/busybox:latest", "docker.io/library/redis:7"}},
-		{filters: []string{"target.digest==" + dgstB}, want: []string{"docker.io/library/redis:7"}},
-		{filters: []string{`target.mediatype=="` + indexType + `"`}, want: []string{"docker.io/library/busybox:latest", "import-2026-12-03:latest"}},
-		{filters: []string{"labels.tier==web"}, want: []string{"docker.io/library/busybox:latest"}},
-		{filters: []string{"labels.tier"}, want: []string{"docker.io/library/busybox:latest", "docker.io/library/redis:7"}},
-		{filters: []string{`labels."a.b"==c`}, want: []string{"docker.io/library/redis:7"}},
-		{filters: []string{"labels.tier!=web"}, want: []string{"docker.io/library/redis:7", "import-2026-12-03:latest"}},
-		{filters: []string{"labels.tier==web", "labels.tier==db"}, want: []string{"docker.io/library/busybox:latest", "docker.io/library/redis:7"}},
-		{filters: []string{`name~=^docker\.io/,labels.tier==db`}, want: []string{"docker.io/library/redis:7"}},
+		{want: []string{bb, rd, im}},
+		{filters: []string{"name==" + im}, want: []string{im}},
+		{filters: []string{`name~=^docker\.io/`}, want: []string{bb, rd}},
+		{filters: []string{"target.digest==" + dgstB}, want: []string{rd}},
+		{filters: []string{`target.mediatype=="` + indexType + `"`}, want: []string{bb, im}},
+		{filters: []string{"labels.tier==web"}, want: []string{bb}},
+		{filters: []string{"labels.tier"}, want: []string{bb, rd}},
+		{filters: []string{`labels."a.b"==c`}, want: []string{rd}},
+		{filters: []string{"labels.tier!=web"}, want: []string{rd, im}},
+		{filters: []string{"labels.tier==web", "labels.tier==db"}, want: []string{bb, rd}},
+		{filters: []string{`name~=^docker\.io/,labels.tier==db`}, want: []string{rd}},
 		{filters: []string{"name==nope"}},
 		{filters: []string{"name=="}, wantErr: errdefs.ErrInvalidArgument},
 	}

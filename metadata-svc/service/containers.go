@@ -132,7 +132,10 @@ func (s *Containers) Create(
 
 	ev := &eventsapi.ContainerCreate{ID: c.GetID(), Image: c.GetImage()}
 	if rt := c.GetRuntime(); rt != nil {
-		ev.Runtime = &eventsapi.ContainerCreate_Runtime{Name: rt.GetName(), Options: rt.GetOptions()}
+		ev.Runtime = &eventsapi.ContainerCreate_Runtime{
+			Name:    rt.GetName(),
+			Options: rt.GetOptions(),
+		}
 	}
 	publishEvent(ctx, s.events, s.log, ns, TopicContainerCreate, ev)
 	return &containersapi.CreateContainerResponse{Container: c}, nil

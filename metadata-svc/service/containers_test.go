@@ -17,17 +17,22 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
+const specURL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+
 var ignoreContainerTimes = protocmp.IgnoreFields(&containersapi.Container{}, "created_at", "updated_at")
 
-var runcOptions = &anypb.Any{TypeUrl: "containerd.runc.v1.Options"}
+var (
+	runcOptions = &anypb.Any{TypeUrl: "containerd.runc.v1.Options"}
+	runc        = &eventsapi.ContainerCreate_Runtime{Name: "io.containerd.runc.v2", Options: runcOptions}
+)
 
 // container returns the container ctr creates for id from busybox.
 func container(id string, kv ...string) *containersapi.Container {
 	c := &containersapi.Container{
 		ID:          id,
 		Image:       "docker.io/library/busybox:latest",
-		Runtime:     &containersapi.Container_Runtime{Name: "io.containerd.runc.v2", Options: runcOptions},
-		Spec:        &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Spec", Value: []byte("{}")},
+		Runtime:     &containersapi.Container_Runtime{Name: runc.GetName(), Options: runcOptions},
+		Spec:        &anypb.Any{TypeUrl: specURL, Value: []byte("{}")},
 		Snapshotter: "overlayfs",
 		SnapshotKey: id,
 	}
@@ -48,7 +53,8 @@ func TestContainersService(t *testing.T) {
 
 	// ctr 1.6 sends zero timestamps, which the server replaces.
 	fromCtr := container("web", sig...)
-	fromCtr.CreatedAt, fromCtr.UpdatedAt = &timestamppb.Timestamp{Seconds: -62135596800}, &timestamppb.Timestamp{}
+	year1 := &timestamppb.Timestamp{Seconds: -62135596800}
+	fromCtr.CreatedAt, fromCtr.UpdatedAt = year1, year1
 
 	steps := []callStep{
 		{
@@ -68,7 +74,7 @@ func TestContainersService(t *testing.T) {
 			wantEvents: []published{{"default", "/containers/create", &eventsapi.ContainerCreate{
 				ID:      "web",
 				Image:   "docker.io/library/busybox:latest",
-				Runtime: &eventsapi.ContainerCreate_Runtime{Name: "io.containerd.runc.v2", Options: runcOptions},
+				Runtime: runc,
 			}}},
 		},
 		{
@@ -104,7 +110,7 @@ func TestContainersService(t *testing.T) {
 			wantEvents: []published{{"default", "/containers/create", &eventsapi.ContainerCreate{
 				ID:      "db",
 				Image:   "docker.io/library/busybox:latest",
-				Runtime: &eventsapi.ContainerCreate_Runtime{Name: "io.containerd.runc.v2", Options: runcOptions},
+				Runtime: runc,
 			}}},
 		},
 		// ctr's label command.
@@ -227,7 +233,11 @@ func TestContainersServiceListStream(t *testing.T) {
 	}
 }
 
-func streamIDs(ctx context.Context, c containersapi.ContainersClient, filters []string) ([]string, error) {
+func streamIDs(
+	ctx context.Context,
+	c containersapi.ContainersClient,
+	filters []string,
+) ([]string, error) {
 	stream, err := c.ListStream(ctx, &containersapi.ListContainersRequest{Filters: filters})
 	if err != nil {
 		return nil, err

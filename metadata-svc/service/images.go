@@ -157,7 +157,8 @@ func (s *Images) Delete(
 
 	publishEvent(ctx, s.events, s.log, ns, TopicImageDelete, &eventsapi.ImageDelete{Name: name})
 	if err := collectGarbage(ctx, s.gc, s.log, req.GetSync()); err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("collect garbage after deleting image %q: %w", name, err))
+		err = fmt.Errorf("collect garbage after deleting image %q: %w", name, err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return &emptypb.Empty{}, nil
 }
