@@ -231,22 +231,45 @@ func (d *Daemon) logTail() string {
 }
 
 // BuildOurs builds the containerd multi-call binary into dir and returns
-// its path. It needs the go command and the workspace (go.work) that holds
-// the cmd module.
+// its path. It builds ./cmd/containerd of the workspace (go.work) in use,
+// or, with the workspace off, of the first parent of the working directory
+// that holds one.
 func BuildOurs(ctx context.Context, dir string) (string, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOWORK").Output()
+	root, err := repoRoot(ctx)
 	if err != nil {
-		return "", fmt.Errorf("find the workspace: %w", err)
-	}
-	work := strings.TrimSpace(string(out))
-	if work == "" || work == "off" {
-		return "", errors.New("build containerd: not in the corral workspace, pass the binary")
+		return "", err
 	}
 	bin := filepath.Join(dir, "containerd")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/containerd")
-	cmd.Dir = filepath.Dir(work)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./containerd")
+	cmd.Dir = filepath.Join(root, "cmd")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build containerd in %s: %w\n%s", cmd.Dir, err, out)
 	}
 	return bin, nil
+}
+
+// repoRoot returns the directory of the workspace that holds the cmd
+// module.
+func repoRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOWORK").Output()
+	if err != nil {
+		return "", fmt.Errorf("find the workspace: %w", err)
+	}
+	if work := strings.TrimSpace(string(out)); work != "" && work != "off" {
+		return filepath.Dir(work), nil
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("find the workspace: %w", err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "cmd", "containerd", "main.go")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("build containerd: no cmd/containerd above the working directory, pass the binary")
+		}
+		dir = parent
+	}
 }
