@@ -15,10 +15,23 @@ import (
 // NamespaceKey is the gRPC header that carries the containerd namespace.
 const NamespaceKey = "containerd-namespace"
 
+// LeaseKey is the gRPC header that carries the lease a call works under.
+const LeaseKey = "containerd-lease"
+
 // Namespace returns the namespace of an incoming call, if it has one.
 func Namespace(ctx context.Context) (string, bool) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get(NamespaceKey); len(v) > 0 && v[0] != "" {
+		return v[0], true
+	}
+	return "", false
+}
+
+// Lease returns the lease an incoming call works under, if it names one.
+// What the call creates is attached to that lease.
+func Lease(ctx context.Context) (string, bool) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(LeaseKey); len(v) > 0 && v[0] != "" {
 		return v[0], true
 	}
 	return "", false

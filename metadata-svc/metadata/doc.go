@@ -23,10 +23,27 @@
 //	│       │       └── record    marshalled containerd.services.containers.v1.Container
 //	│       ├── content/          later
 //	│       │   ├── blobs/        later: one bucket per digest
+//	│       │   │   └── <digest>/
+//	│       │   │       └── record    marshalled containerd.services.content.v1.Info
 //	│       │   └── ingests/      later: one bucket per ingest ref
+//	│       │       └── <ref>/
+//	│       │           ├── expected  digest the first writer expected, or empty
+//	│       │           ├── lease     lease the last writer worked under, or empty
+//	│       │           └── expire-at RFC 3339 time after which an ingest
+//	│       │                         without a lease is aborted
 //	│       ├── snapshots/        later
 //	│       │   └── <snapshotter>/  one bucket per snapshot key
 //	│       └── leases/           later: one bucket per lease id
+//	│           └── <id>/
+//	│               ├── record    marshalled containerd.services.leases.v1.Lease
+//	│               └── resources/
+//	│                   ├── content/
+//	│                   │   └── <digest>      empty
+//	│                   ├── ingests/
+//	│                   │   └── <ref>         empty
+//	│                   └── snapshots/
+//	│                       └── <snapshotter>/
+//	│                           └── <key>     empty
 //	└── calls/                    outcomes of mutating calls, for replays
 //	    ├── by-id/
 //	    │   └── <call id>         8-byte unix nanoseconds, 4-byte gRPC
@@ -38,6 +55,15 @@
 // A namespace can be deleted only while its images, containers,
 // content/blobs and every snapshots/<snapshotter> bucket are empty; its
 // labels and leases go with it.
+//
+// # Garbage collection
+//
+// [GC] marks from the roots (every image's target, every container's
+// snapshot, what unexpired leases hold, unexpired ingests and objects
+// labelled containerd.io/gc.root) along the containerd.io/gc.ref.* labels
+// of the records it reaches, then removes the blob and ingest records and
+// the expired leases it did not reach, in one transaction, and afterwards
+// the bytes in the content plugin that no namespace holds.
 //
 // # Migrations
 //

@@ -1,0 +1,463 @@
+package metadata
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	eventsapi "github.com/containerd/containerd/api/events"
+	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	bolt "go.etcd.io/bbolt"
+
+	"corral.dev/pluginkit"
+)
+
+// Labels the collector follows.
+const (
+	// LabelRoot makes any object a root of the collection.
+	LabelRoot = "containerd.io/gc.root"
+	// LabelRefContent, alone or followed by "." or "/" and any suffix, names
+	// a blob the labelled object holds.
+	LabelRefContent = "containerd.io/gc.ref.content"
+	// LabelRefSnapshot followed by a snapshotter name names a snapshot key
+	// of that snapshotter the labelled object holds.
+	LabelRefSnapshot = "containerd.io/gc.ref.snapshot."
+)
+
+// TopicContentDelete is the event topic of a blob leaving a namespace.
+const TopicContentDelete = "/content/delete"
+
+// Defaults of a GC.
+const (
+	// DefaultGCDelay is how long a scheduled collection waits for further
+	// deletes before it runs.
+	DefaultGCDelay = 100 * time.Millisecond
+	// gcTimeout bounds one background collection.
+	gcTimeout = 5 * time.Minute
+	// expiryMargin is added to a lease's expiry before the timer fires, so
+	// that the lease is past it when the collection looks.
+	expiryMargin = 10 * time.Millisecond
+)
+
+// ContentBackend is what the collector needs from the content plugin,
+// which keeps the bytes of every namespace's blobs under one store.
+type ContentBackend interface {
+	// Blobs returns the digest of every blob in the store.
+	Blobs(ctx context.Context) ([]digest.Digest, error)
+	// DeleteBlob deletes a blob; one already gone is not an error.
+	DeleteBlob(ctx context.Context, d digest.Digest) error
+	// AbortIngest aborts the ingest of the raw (namespace-prefixed) ref;
+	// one already gone is not an error.
+	AbortIngest(ctx context.Context, ref string) error
+}
+
+// SnapshotRef names a snapshot as a namespace sees it.
+type SnapshotRef struct {
+	Namespace   string
+	Snapshotter string
+	Key         string
+}
+
+// SnapshotCollector is the snapshot side of a collection. After the mark
+// phase the collector hands it every snapshot something still holds; it
+// removes the others from the snapshotter plugins and their records.
+type SnapshotCollector interface {
+	// Collect keeps the snapshots in keep and removes the rest.
+	Collect(ctx context.Context, keep map[SnapshotRef]struct{}) error
+}
+
+// noSnapshots is the SnapshotCollector while no snapshotter plugin exists.
+type noSnapshots struct{ log zerolog.Logger }
+
+func (n noSnapshots) Collect(_ context.Context, keep map[SnapshotRef]struct{}) error {
+	n.log.Debug().Int("kept", len(keep)).Msg("no snapshotters, snapshot sweep skipped")
+	return nil
+}
+
+// GC is the garbage collector of the metadata database: a mark from the
+// roots (images, containers, unexpired leases, ingests in use and objects
+// labelled [LabelRoot]) along [LabelRefContent] and [LabelRefSnapshot]
+// edges, then a sweep of every blob record, ingest and expired lease the
+// mark did not reach, and of the bytes no namespace holds any more.
+//
+// Callers that delete something call [GC.Schedule]; a request that asks for
+// a synchronous collection (sync: true) calls [GC.Run]. Writers that make a
+// record for bytes already in the content plugin do so under [GC.Hold].
+type GC struct {
+	db        *DB
+	content   ContentBackend
+	snapshots SnapshotCollector
+	events    pluginkit.Publisher
+	log       zerolog.Logger
+	delay     time.Duration
+
+	// mu is held for writing by a collection and for reading by writers
+	// between checking for bytes and recording them.
+	mu sync.RWMutex
+
+	trigger chan struct{}
+	rearm   chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	started atomic.Bool
+
+	wakeMu sync.Mutex
+	wakeAt time.Time
+
+	runs     prometheus.Counter
+	duration prometheus.Histogram
+}
+
+// GCOpt configures a GC made by [NewGC].
+type GCOpt func(*GC)
+
+// WithSnapshotCollector sets the snapshot side of the collection.
+func WithSnapshotCollector(sc SnapshotCollector) GCOpt {
+	return func(g *GC) { g.snapshots = sc }
+}
+
+// WithGCEvents makes the collector publish [TopicContentDelete] for each
+// blob record it removes.
+func WithGCEvents(p pluginkit.Publisher) GCOpt {
+	return func(g *GC) { g.events = p }
+}
+
+// WithGCLogger sets the collector's logger.
+func WithGCLogger(log zerolog.Logger) GCOpt {
+	return func(g *GC) { g.log = log }
+}
+
+// WithGCDelay sets how long a scheduled collection waits; see
+// [DefaultGCDelay].
+func WithGCDelay(d time.Duration) GCOpt {
+	return func(g *GC) { g.delay = d }
+}
+
+// NewGC returns a collector of db whose bytes live in content. It runs
+// only when called until [GC.Start].
+func NewGC(db *DB, content ContentBackend, opts ...GCOpt) *GC {
+	g := &GC{
+		db:      db,
+		content: content,
+		log:     zerolog.Nop(),
+		delay:   DefaultGCDelay,
+		trigger: make(chan struct{}, 1),
+		rearm:   make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		runs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "corral_metadata_gc_runs_total",
+			Help: "Garbage collections of the metadata database, failed ones included.",
+		}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "corral_metadata_gc_duration_seconds",
+			Help:    "Duration of garbage collections of the metadata database.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
+		}),
+	}
+	for _, o := range opts {
+		o(g)
+	}
+	if g.snapshots == nil {
+		g.snapshots = noSnapshots{log: g.log}
+	}
+	return g
+}
+
+// Register registers the collector's metrics on reg.
+func (g *GC) Register(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{g.runs, g.duration} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register gc metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// Hold keeps collections from deleting bytes until the returned function
+// is called. A writer holds it from checking that bytes exist in the
+// content plugin (or committing them) until their record is made.
+func (g *GC) Hold() (release func()) {
+	g.mu.RLock()
+	return g.mu.RUnlock
+}
+
+// Run collects garbage now and returns when done. It fails without
+// deleting anything if it finds a record it cannot read; failures to
+// delete bytes are returned after the rest of the collection is done.
+func (g *GC) Run(ctx context.Context) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	start := time.Now()
+	defer func() {
+		g.runs.Inc()
+		g.duration.Observe(time.Since(start).Seconds())
+	}()
+
+	// Mark and sweep the records in one transaction.
+	var res sweepResult
+	err := g.db.bdb.Update(func(tx *bolt.Tx) error {
+		var err error
+		res, err = collect(tx, g.db.now())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("collect garbage: %w", err)
+	}
+	g.setWake(res.nextExpiry)
+	g.publishDeletes(ctx, res.deleted)
+
+	// Remove what no record holds from the plugins.
+	errs := []error{
+		g.deleteBlobs(ctx, res.held),
+		g.abortIngests(ctx, res.aborted),
+		g.snapshots.Collect(ctx, res.snapshots),
+	}
+	g.log.Debug().Int("blobs", len(res.deleted)).Int("ingests", len(res.aborted)).
+		Int("leases", res.expired).Dur("took", time.Since(start)).Msg("garbage collected")
+	return errors.Join(errs...)
+}
+
+func (g *GC) publishDeletes(ctx context.Context, deleted []blobRef) {
+	if g.events == nil {
+		return
+	}
+	for _, b := range deleted {
+		ev := &eventsapi.ContentDelete{Digest: b.digest}
+		if err := g.events.Publish(ctx, b.ns, TopicContentDelete, ev); err != nil {
+			g.log.Warn().Err(err).Str("namespace", b.ns).Str("digest", b.digest).
+				Msg("publish content delete")
+		}
+	}
+}
+
+// deleteBlobs deletes from the content plugin every blob not in held.
+func (g *GC) deleteBlobs(ctx context.Context, held map[digest.Digest]struct{}) error {
+	all, err := g.content.Blobs(ctx)
+	if err != nil {
+		return fmt.Errorf("list blobs for collection: %w", err)
+	}
+	var errs []error
+	for _, d := range all {
+		if _, ok := held[d]; ok {
+			continue
+		}
+		if err := g.content.DeleteBlob(ctx, d); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete blob %s: %w", d, err))
+			continue
+		}
+		g.log.Debug().Str("digest", d.String()).Msg("blob deleted")
+	}
+	return errors.Join(errs...)
+}
+
+func (g *GC) abortIngests(ctx context.Context, refs []string) error {
+	var errs []error
+	for _, ref := range refs {
+		if err := g.content.AbortIngest(ctx, ref); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("abort ingest %q: %w", ref, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Schedule asks for a collection soon: after the GC's delay, folding in
+// every Schedule until then. Without [GC.Start] it does nothing.
+func (g *GC) Schedule() {
+	select {
+	case g.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// ExpireAt tells the collector that a lease expires at t, so that it
+// collects then.
+func (g *GC) ExpireAt(t time.Time) {
+	g.wakeMu.Lock()
+	defer g.wakeMu.Unlock()
+	if !g.wakeAt.IsZero() && !t.Before(g.wakeAt) {
+		return
+	}
+	g.wakeAt = t
+	select {
+	case g.rearm <- struct{}{}:
+	default:
+	}
+}
+
+// setWake sets the time of the next lease expiry, zero for none.
+func (g *GC) setWake(t time.Time) {
+	g.wakeMu.Lock()
+	g.wakeAt = t
+	g.wakeMu.Unlock()
+	select {
+	case g.rearm <- struct{}{}:
+	default:
+	}
+}
+
+// Start runs the background collector: a collection after each burst of
+// [GC.Schedule] calls and at each lease expiry, until [GC.Close].
+func (g *GC) Start() error {
+	next, err := g.nextExpiry()
+	if err != nil {
+		return fmt.Errorf("start garbage collector: %w", err)
+	}
+	g.started.Store(true)
+	g.setWake(next)
+	go g.loop()
+	return nil
+}
+
+// nextExpiry returns the soonest expiry of a lease, zero if none expires.
+func (g *GC) nextExpiry() (time.Time, error) {
+	var next time.Time
+	err := g.db.view(func(tx *bolt.Tx) error {
+		root, err := mustBucket(tx, keyNamespaces)
+		if err != nil {
+			return err
+		}
+		return root.ForEachBucket(func(ns []byte) error {
+			return forEachLease(tx, string(ns), func(l *leasesapi.Lease, _ *bolt.Bucket) error {
+				if exp, ok := leaseExpiry(l); ok && (next.IsZero() || exp.Before(next)) {
+					next = exp
+				}
+				return nil
+			})
+		})
+	})
+	return next, err
+}
+
+// Collect runs a collection now when sync is set, and schedules one
+// otherwise.
+func (g *GC) Collect(ctx context.Context, sync bool) error {
+	if sync {
+		return g.Run(ctx)
+	}
+	g.Schedule()
+	return nil
+}
+
+// Close stops the background collector and waits for a running collection.
+func (g *GC) Close() error {
+	g.once.Do(func() { close(g.stop) })
+	if g.started.Load() {
+		<-g.done
+	}
+	return nil
+}
+
+func (g *GC) loop() {
+	defer close(g.done)
+	debounce := stoppedTimer()
+	expiry := stoppedTimer()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-g.trigger:
+			debounce.Reset(g.delay)
+		case <-g.rearm:
+			g.armExpiry(expiry)
+		case <-debounce.C:
+			g.runBackground()
+		case <-expiry.C:
+			g.runBackground()
+		}
+	}
+}
+
+func (g *GC) armExpiry(t *time.Timer) {
+	g.wakeMu.Lock()
+	at := g.wakeAt
+	g.wakeMu.Unlock()
+	t.Stop()
+	if !at.IsZero() {
+		t.Reset(max(time.Until(at), 0) + expiryMargin)
+	}
+}
+
+func (g *GC) runBackground() {
+	ctx, cancel := context.WithTimeout(context.Background(), gcTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-g.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if err := g.Run(ctx); err != nil {
+		g.log.Error().Err(err).Msg("garbage collection")
+	}
+}
+
+func stoppedTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}
+
+// blobRef is a blob record of one namespace.
+type blobRef struct{ ns, digest string }
+
+// sweepResult is what the transaction of a collection found and removed.
+type sweepResult struct {
+	deleted    []blobRef                  // blob records removed
+	aborted    []string                   // raw refs of ingests to abort
+	expired    int                        // expired leases removed
+	held       map[digest.Digest]struct{} // blobs some namespace still holds
+	snapshots  map[SnapshotRef]struct{}   // snapshots to keep
+	nextExpiry time.Time                  // of the soonest unexpired lease
+}
+
+// collect marks from the roots and sweeps the records in tx.
+func collect(tx *bolt.Tx, now time.Time) (sweepResult, error) {
+	m := newMarker(tx, now)
+	root, err := mustBucket(tx, keyNamespaces)
+	if err != nil {
+		return sweepResult{}, err
+	}
+	err = root.ForEachBucket(func(ns []byte) error {
+		return m.roots(string(ns), root.Bucket(ns))
+	})
+	if err == nil {
+		err = m.walk()
+	}
+	if err != nil {
+		return sweepResult{}, err
+	}
+	return m.sweep(root)
+}
+
+// snapshotKey joins a snapshotter and a key into a node key.
+func snapshotKey(snapshotter, key string) string {
+	return snapshotter + "/" + key
+}
+
+// refsFromLabels calls fn for each node the labels of an object in ns name.
+func refsFromLabels(ns string, labels map[string]string, fn func(node)) {
+	for k, v := range labels {
+		if v == "" {
+			continue
+		}
+		if sn, ok := strings.CutPrefix(k, LabelRefSnapshot); ok && sn != "" {
+			fn(node{kind: kindSnapshot, ns: ns, key: snapshotKey(sn, v)})
+			continue
+		}
+		rest, ok := strings.CutPrefix(k, LabelRefContent)
+		if ok && (rest == "" || rest[0] == '.' || rest[0] == '/') {
+			fn(node{kind: kindContent, ns: ns, key: v})
+		}
+	}
+}
