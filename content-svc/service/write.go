@@ -122,7 +122,7 @@ func (ws *writeSession) write(req *api.WriteContentRequest, resp *api.WriteConte
 	}
 
 	if len(req.GetData()) > 0 {
-		if _, err := ws.w.Write(req.GetData()); err != nil {
+		if _, err := ws.w.Append(req.GetData()); err != nil {
 			return err
 		}
 	}

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"hash"
@@ -16,10 +15,6 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// bufSize is the size of a writer's file buffer: chunks of this size or
-// more go to the file without a copy.
-const bufSize = 1 << 20
-
 // Writer appends to one ingest. It holds the ingest's ref until Close, so
 // no other writer can open it meanwhile. A Writer is used by one goroutine;
 // Status may be called from any.
@@ -27,7 +22,7 @@ type Writer struct {
 	s  *Store
 	in *ingest
 	f  *os.File
-	bw *bufio.Writer
+	fw *fileWriter
 
 	alg  digest.Algorithm
 	hash hash.Hash
@@ -100,7 +95,7 @@ func (s *Store) openWriter(ref string, total int64, expected digest.Digest) (*Wr
 	if err != nil {
 		return nil, ingestError("open", ref, err)
 	}
-	w := &Writer{s: s, in: in, f: f, bw: bufio.NewWriterSize(f, bufSize), alg: digest.Canonical}
+	w := &Writer{s: s, in: in, f: f, alg: digest.Canonical}
 	if expected != "" {
 		w.alg = expected.Algorithm()
 	}
@@ -145,6 +140,7 @@ func (w *Writer) resume() error {
 		return ingestError("resume", w.in.ref, err)
 	}
 	w.offset = n
+	w.fw = newFileWriter(w.f, n)
 	w.updatedAt = w.in.startedAt
 	if fi, err := w.f.Stat(); err == nil {
 		w.updatedAt = fi.ModTime()
@@ -183,18 +179,29 @@ func (w *Writer) Digest() digest.Digest {
 	return digest.NewDigest(w.alg, w.hash)
 }
 
-// Write appends p to the ingest.
+// Write appends p to the ingest. The bytes reach the file in the
+// background; an error writing them is returned by a later call.
 func (w *Writer) Write(p []byte) (int, error) {
+	return w.write(p, false)
+}
+
+// Append is Write for a chunk the caller hands over: the writer may keep
+// p until it is written, so the caller must not change it afterwards. A
+// large p reaches the file without being copied.
+func (w *Writer) Append(p []byte) (int, error) {
+	return w.write(p, true)
+}
+
+func (w *Writer) write(p []byte, owned bool) (int, error) {
 	if w.done {
 		return 0, fmt.Errorf("write ingest %s: already committed: %w", w.in.ref, errdefs.ErrFailedPrecondition)
 	}
-	n, err := w.bw.Write(p)
-	w.hash.Write(p[:n])
-	w.advance(int64(n))
-	if err != nil {
-		return n, ingestError("write", w.in.ref, err)
+	if err := w.fw.append(p, owned); err != nil {
+		return 0, ingestError("write", w.in.ref, err)
 	}
-	return n, nil
+	w.hash.Write(p)
+	w.advance(int64(len(p)))
+	return len(p), nil
 }
 
 func (w *Writer) advance(n int64) {
@@ -213,7 +220,7 @@ func (w *Writer) Truncate(size int64) error {
 	if w.done {
 		return fmt.Errorf("truncate ingest %s: already committed: %w", w.in.ref, errdefs.ErrFailedPrecondition)
 	}
-	w.bw.Reset(w.f)
+	w.fw.reset(0)
 	if err := w.f.Truncate(0); err != nil {
 		return ingestError("truncate", w.in.ref, err)
 	}
@@ -240,7 +247,7 @@ func (w *Writer) Commit(size int64, expected digest.Digest) (digest.Digest, erro
 		return "", fmt.Errorf("commit ingest %s: already committed: %w", w.in.ref, errdefs.ErrFailedPrecondition)
 	}
 	// Put every byte on disk.
-	if err := w.bw.Flush(); err != nil {
+	if err := w.fw.flush(); err != nil {
 		return "", ingestError("flush", w.in.ref, err)
 	}
 	if err := w.f.Sync(); err != nil {
@@ -259,6 +266,7 @@ func (w *Writer) Commit(size int64, expected digest.Digest) (digest.Digest, erro
 		return "", perr
 	}
 	w.done = true
+	w.fw.close()
 	w.f.Close()
 	if err := os.RemoveAll(w.in.dir); err != nil {
 		w.s.log.Warn().Err(err).Str("key", w.in.ref).Msg("remove committed ingest")
@@ -359,7 +367,7 @@ func (w *Writer) Close() error {
 		return nil
 	}
 	w.done = true
-	ferr := w.bw.Flush()
+	ferr := w.fw.close()
 	cerr := w.f.Close()
 	if err := errors.Join(ferr, cerr); err != nil {
 		return ingestError("close", w.in.ref, err)
