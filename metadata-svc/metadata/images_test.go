@@ -6,11 +6,14 @@ import (
 	"testing"
 	"time"
 
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
 	"github.com/google/go-cmp/cmp"
 	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -489,4 +492,57 @@ func TestImageStoreReplay(t *testing.T) {
 	if n := len(listImages(t, db)); n != 0 {
 		t.Errorf("images = %d, want 0", n)
 	}
+}
+
+// TestRecordLayout pins the layout the collector and later migrations
+// read: namespaces/<ns>/{images/<name>,containers/<id>}/record holding
+// the marshalled API message.
+func TestRecordLayout(t *testing.T) {
+	ctx := context.Background()
+	db, _ := imageTestDB(t, testImage("docker.io/library/busybox:latest"))
+	if _, err := db.Containers().Create(ctx, testNS, testContainer("web")); err != nil {
+		t.Fatalf("Create container: %v", err)
+	}
+
+	err := db.view(func(tx *bolt.Tx) error {
+		nb := tx.Bucket([]byte("namespaces")).Bucket([]byte(testNS))
+		ib := nb.Bucket([]byte("images")).Bucket([]byte("docker.io/library/busybox:latest"))
+		raw := ib.Get([]byte("record"))
+		img := &imagesapi.Image{}
+		if err := proto.Unmarshal(raw, img); err != nil || img.GetTarget().GetDigest() != dgstA {
+			t.Errorf("image record = %v, %v", img, err)
+		}
+		raw = nb.Bucket([]byte("containers")).Bucket([]byte("web")).Get([]byte("record"))
+		c := &containersapi.Container{}
+		if err := proto.Unmarshal(raw, c); err != nil || c.GetSnapshotKey() != "web" {
+			t.Errorf("container record = %v, %v", c, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// FuzzValidateImageName: an accepted name is short enough, has no space,
+// control character or path traversal at its start, and every rejection
+// is an invalid argument.
+func FuzzValidateImageName(f *testing.F) {
+	for _, s := range []string{"docker.io/library/busybox:latest", "[::1]:5000/x", "a b", "", "../x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		err := ValidateImageName(name)
+		if err != nil {
+			if !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("ValidateImageName(%q) = %v, not an invalid argument", name, err)
+			}
+			return
+		}
+		if len(name) > MaxImageNameLength || strings.ContainsFunc(name, func(r rune) bool {
+			return r <= ' ' || r >= 0x7f
+		}) || strings.HasPrefix(name, ".") || strings.HasPrefix(name, "/") {
+			t.Fatalf("ValidateImageName(%q) accepted it", name)
+		}
+	})
 }
