@@ -100,12 +100,12 @@ func Run(ctx context.Context, cfg Config) (report *Report, err error) {
 	}
 
 	// Start both daemons; they idle while the other is measured.
-	ours, err := startSide(ctx, func() (*Daemon, error) { return StartOurs(ctx, cfg.Binary) })
+	ours, err := startSide(func() (*Daemon, error) { return StartOurs(ctx, cfg.Binary) })
 	if err != nil {
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, ours.close()) }()
-	theirs, err := startSide(ctx, func() (*Daemon, error) { return StartContainerd(ctx, cfg.Containerd) })
+	theirs, err := startSide(func() (*Daemon, error) { return StartContainerd(ctx, cfg.Containerd) })
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +125,7 @@ func Run(ctx context.Context, cfg Config) (report *Report, err error) {
 }
 
 // startSide starts a daemon and connects a Go client to it.
-func startSide(ctx context.Context, start func() (*Daemon, error)) (*side, error) {
+func startSide(start func() (*Daemon, error)) (*side, error) {
 	d, err := start()
 	if err != nil {
 		return nil, err
