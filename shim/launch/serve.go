@@ -52,7 +52,7 @@ func serve(f *flags) error {
 		Log:            log,
 		Exit:           stop,
 	}, reaper.Default)
-	srv, err := ttrpc.NewServer()
+	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(traceRequests(log)))
 	if err != nil {
 		return fmt.Errorf("create ttrpc server: %w", err)
 	}
