@@ -17,9 +17,9 @@
 //
 // An ingest directory appears under its final name only once all its files
 // exist, so on Open every ingest is either complete and resumable (its offset
-// is the size of data) or removed. A commit links data into blobs/ after an
-// fsync of the file, then fsyncs the directory, so a blob is never visible
-// before all its bytes are on disk.
+// is the size of data) or removed. A commit renames data into blobs/ after
+// an fsync of the file, without replacing an existing blob, then fsyncs the
+// directory, so a blob is never visible before all its bytes are on disk.
 package store
 
 import (

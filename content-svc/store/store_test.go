@@ -481,3 +481,68 @@ func TestWriteAfterCommit(t *testing.T) {
 		t.Errorf("Write after Commit = %v, want failed precondition", err)
 	}
 }
+
+func TestEmptyBlob(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	dgst := ingestBytes(t, s, "empty", nil)
+	if info, err := s.Info(dgst); err != nil || info.Size != 0 {
+		t.Errorf("Info(empty) = %+v, %v", info, err)
+	}
+}
+
+func TestMixedWrites(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	data := randomBytes(t, 5<<20+333)
+	w, _ := s.Writer("mixed", 0, "")
+	defer w.Close()
+
+	// Single bytes, small and large hand-overs, and copies of all sizes.
+	sizes := []int{1, 1, 7, 300 << 10, 2<<20 + 1, 100, 1 << 20, 5}
+	off := 0
+	for i := 0; off < len(data); i++ {
+		n := min(sizes[i%len(sizes)], len(data)-off)
+		chunk := append([]byte(nil), data[off:off+n]...)
+		var err error
+		if i%2 == 0 {
+			_, err = w.Append(chunk)
+		} else {
+			_, err = w.Write(chunk)
+			clear(chunk) // Write must not keep the caller's slice
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		off += n
+	}
+	dgst, err := w.Commit(int64(len(data)), digest.FromBytes(data))
+	if err != nil {
+		t.Fatalf("Commit = %v", err)
+	}
+	if !bytes.Equal(readBlob(t, s, dgst), data) {
+		t.Error("read bytes differ")
+	}
+}
+
+func TestWriteErrorSurfaces(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	w, _ := s.Writer("broken", 0, "")
+	w.f.Close() // the disk fails under the writer
+	chunk := make([]byte, 1<<20)
+	var err error
+	for range 2 * queueLen {
+		if _, err = w.Append(chunk); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		_, err = w.Commit(0, "")
+	}
+	if err == nil {
+		t.Fatal("writes to a closed file succeeded")
+	}
+	assertNoBlobs(t, s)
+	w.Close()
+	if _, err := s.Writer("broken", 0, ""); err != nil {
+		t.Errorf("Writer after a failed one = %v", err)
+	}
+}

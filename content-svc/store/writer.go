@@ -260,7 +260,7 @@ func (w *Writer) Commit(size int64, expected digest.Digest) (digest.Digest, erro
 		return "", err
 	}
 
-	// Link the data into blobs/ and forget the ingest.
+	// Rename the data into blobs/ and forget the ingest.
 	perr := w.s.publish(w.in.data(), dgst)
 	if perr != nil && !errdefs.IsAlreadyExists(perr) {
 		return "", perr
@@ -320,30 +320,36 @@ func (w *Writer) digestAs(alg digest.Algorithm) (digest.Digest, error) {
 	return dgst, nil
 }
 
-// publish links the synced file src into blobs/ as dgst and syncs the
+// errNoRenameNoReplace is renameNoReplace's answer where the file system
+// cannot rename without replacing.
+var errNoRenameNoReplace = errors.New("rename without replacing not supported")
+
+// publish renames the synced file src into blobs/ as dgst and syncs the
 // directory. An existing blob is never replaced.
 func (s *Store) publish(src string, dgst digest.Digest) error {
 	dir := s.path(blobsDir, string(dgst.Algorithm()))
 	if err := s.makeBlobDir(dir); err != nil {
 		return err
 	}
-	if err := os.Chmod(src, 0o444); err != nil {
-		return blobError("commit", dgst, err)
-	}
 	target := filepath.Join(dir, dgst.Encoded())
-	err := os.Link(src, target)
+	err := renameNoReplace(src, target)
+	if errors.Is(err, errNoRenameNoReplace) {
+		// Check, then rename: a blob committed in between is replaced by
+		// the same bytes.
+		if _, serr := os.Lstat(target); serr == nil {
+			err = os.ErrExist
+		} else {
+			err = os.Rename(src, target)
+		}
+	}
 	if errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("commit content %s: %w", dgst, errdefs.ErrAlreadyExists)
 	}
 	if err != nil {
-		// No hard links here: fall back to a rename, which is as atomic
-		// but would replace a blob committed meanwhile.
-		if _, serr := os.Lstat(target); serr == nil {
-			return fmt.Errorf("commit content %s: %w", dgst, errdefs.ErrAlreadyExists)
-		}
-		if err := os.Rename(src, target); err != nil {
-			return blobError("commit", dgst, err)
-		}
+		return blobError("commit", dgst, err)
+	}
+	if err := os.Chmod(target, 0o444); err != nil {
+		s.log.Warn().Err(err).Str("digest", dgst.String()).Msg("make blob read-only")
 	}
 	return syncDir(dir)
 }

@@ -1,8 +1,0 @@
-//go:build !linux
-
-package store
-
-import "os"
-
-// startWriteback does nothing where sync_file_range is missing.
-func startWriteback(*os.File, int64, int64) {}
