@@ -33,8 +33,11 @@ func (c *Content) Write(stream api.Content_WriteServer) error {
 	for {
 		resp, err := ws.handle(req)
 		if err != nil {
-			c.logRequest("write", ws.expected.String(), req.GetRef(), err)
+			c.logRequest("write", ws.expected.String(), ws.w.Ref(), err)
 			return errgrpc.ToGRPC(err)
+		}
+		if req.GetAction() == api.WriteAction_COMMIT {
+			c.logRequest("commit", resp.GetDigest(), ws.w.Ref(), nil)
 		}
 		if err := stream.Send(resp); err != nil {
 			return err
