@@ -17,6 +17,7 @@ require (
 )
 
 require (
+	corral.dev/content-svc v0.0.0
 	corral.dev/proto v0.0.0 // indirect
 	github.com/BurntSushi/toml v1.6.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
@@ -49,3 +50,5 @@ require (
 replace corral.dev/pluginkit => ../pluginkit
 
 replace corral.dev/proto => ../proto
+
+replace corral.dev/content-svc => ../content-svc

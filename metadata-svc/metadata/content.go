@@ -234,6 +234,9 @@ func addBlob(tx *bolt.Tx, ns string, rec *contentapi.Info, lease, ref string) er
 	if ref == "" {
 		return nil
 	}
+	if err := detach(tx, ns, lease, resourceIngests, ref); err != nil {
+		return err
+	}
 	return forgetIngest(tx, ns, ref)
 }
 

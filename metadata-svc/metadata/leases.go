@@ -215,24 +215,10 @@ func (s *LeaseStore) DeleteResource(ctx context.Context, ns, id string, r *lease
 		return err
 	}
 	return s.db.update(ctx, &emptypb.Empty{}, func(tx *bolt.Tx) error {
-		b, err := leaseBucket(tx, ns, id)
-		if err != nil {
+		if _, err := leaseBucket(tx, ns, id); err != nil {
 			return err
 		}
-		rb := b.Bucket(keyResources)
-		for _, k := range strings.Split(typ, "/") {
-			if rb == nil {
-				return nil
-			}
-			rb = rb.Bucket([]byte(k))
-		}
-		if rb == nil {
-			return nil
-		}
-		if err := rb.Delete([]byte(rid)); err != nil {
-			return fmt.Errorf("detach %s %q from lease %q: %w", typ, rid, id, err)
-		}
-		return nil
+		return detach(tx, ns, id, typ, rid)
 	})
 }
 
@@ -318,6 +304,25 @@ func attach(tx *bolt.Tx, ns, lease, typ, id string) error {
 	}
 	if err := rb.Put([]byte(id), []byte{}); err != nil {
 		return fmt.Errorf("attach %s %q to lease %q: %w", typ, id, lease, err)
+	}
+	return nil
+}
+
+// detach removes resource typ/id from lease of namespace ns, if the lease
+// exists and holds it.
+func detach(tx *bolt.Tx, ns, lease, typ, id string) error {
+	rb := bucket(tx, keyNamespaces, []byte(ns), keyLeases, []byte(lease), keyResources)
+	for _, k := range strings.Split(typ, "/") {
+		if rb == nil {
+			return nil
+		}
+		rb = rb.Bucket([]byte(k))
+	}
+	if rb == nil || lease == "" {
+		return nil
+	}
+	if err := rb.Delete([]byte(id)); err != nil {
+		return fmt.Errorf("detach %s %q from lease %q: %w", typ, id, lease, err)
 	}
 	return nil
 }

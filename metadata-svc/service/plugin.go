@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/errdefs"
 
 	"corral.dev/metadata-svc/metadata"
@@ -74,9 +75,24 @@ func initPlugin(ctx context.Context, ic *pluginkit.InitContext) error {
 	}
 	ic.OnClose(db.Close)
 
+	blobs := contentapi.NewContentClient(ic.Dial(ContentPluginID))
+	gc, err := startGC(ic, db, blobs)
+	if err != nil {
+		return err
+	}
+
 	NewNamespaces(db.Namespaces(), ic.Events, ic.Log).Register(ic.Server)
-	NewImages(db.Images(), ic.Events, nil, ic.Log).Register(ic.Server)
-	NewContainers(db.Containers(), ic.Events, nil, ic.Log).Register(ic.Server)
+	NewImages(db.Images(), ic.Events, gc, ic.Log).Register(ic.Server)
+	NewContainers(db.Containers(), ic.Events, gc, ic.Log).Register(ic.Server)
+	NewContent(ContentConfig{
+		Store:  db.Content(),
+		Blobs:  blobs,
+		GC:     gc,
+		Events: ic.Events,
+		Policy: cfg.ContentSharingPolicy,
+		Log:    ic.Log,
+	}).Register(ic.Server)
+	NewLeases(db.Leases(), gc, ic.Log).Register(ic.Server)
 	ic.Log.Info().Msgf("metadata db open, content sharing %s", cfg.ContentSharingPolicy)
 	return nil
 }

@@ -1,0 +1,54 @@
+package service
+
+import (
+	"context"
+
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/opencontainers/go-digest"
+
+	"corral.dev/metadata-svc/metadata"
+)
+
+// BlobBackend is the collector's view of the content plugin: a
+// [metadata.ContentBackend] on its raw Content API.
+type BlobBackend struct {
+	c contentapi.ContentClient
+}
+
+var _ metadata.ContentBackend = (*BlobBackend)(nil)
+
+// NewBlobBackend returns the backend on the content plugin's client c.
+func NewBlobBackend(c contentapi.ContentClient) *BlobBackend {
+	return &BlobBackend{c: c}
+}
+
+// Blobs implements metadata.ContentBackend.
+func (b *BlobBackend) Blobs(ctx context.Context) ([]digest.Digest, error) {
+	stream, err := b.c.List(ctx, &contentapi.ListContentRequest{})
+	if err != nil {
+		return nil, errgrpc.ToNative(err)
+	}
+	var all []digest.Digest
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return all, upstreamEnd(err)
+		}
+		for _, info := range resp.GetInfo() {
+			all = append(all, digest.Digest(info.GetDigest()))
+		}
+	}
+}
+
+// DeleteBlob implements metadata.ContentBackend.
+func (b *BlobBackend) DeleteBlob(ctx context.Context, d digest.Digest) error {
+	_, err := b.c.Delete(ctx, &contentapi.DeleteContentRequest{Digest: d.String()})
+	return errgrpc.ToNative(err)
+}
+
+// AbortIngest implements metadata.ContentBackend.
+func (b *BlobBackend) AbortIngest(ctx context.Context, ref string) error {
+	_, err := b.c.Abort(ctx, &contentapi.AbortRequest{Ref: ref})
+	return errgrpc.ToNative(err)
+}
