@@ -178,12 +178,14 @@ func (c *Content) read(req *api.ReadContentRequest, stream api.Content_ReadServe
 	if size := req.GetSize(); size > 0 && size < end-off {
 		end = off + size
 	}
+	// Reply offsets count from the requested offset, as containerd's do.
 	buf := readBufs.Get().(*[ReadChunkSize]byte)
 	defer readBufs.Put(buf)
-	for off < end {
+	for start := off; off < end; {
 		n, err := f.ReadAt(buf[:min(end-off, ReadChunkSize)], off)
 		if n > 0 {
-			if serr := stream.Send(&api.ReadContentResponse{Offset: off, Data: buf[:n]}); serr != nil {
+			resp := &api.ReadContentResponse{Offset: off - start, Data: buf[:n]}
+			if serr := stream.Send(resp); serr != nil {
 				return serr
 			}
 			off += int64(n)

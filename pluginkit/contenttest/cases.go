@@ -273,9 +273,30 @@ func testBadDigests(s *suite) {
 		s.wantCode("Delete("+d+")", err, errdefs.IsInvalidArgument)
 		_, err = s.read(digest.Digest(d), 0, 0)
 		s.wantCode("Read("+d+")", err, errdefs.IsInvalidArgument)
-		st := s.openWrite()
-		_, err = st.do(&contentapi.WriteContentRequest{Ref: s.ref, Expected: d})
-		s.wantCode("Write expecting "+d, err, errdefs.IsInvalidArgument)
+		s.writeExpecting(d)
+	}
+}
+
+// writeExpecting checks that a writer told to expect a malformed digest
+// fails, on the first message or at the latest at COMMIT (containerd
+// checks only then), and commits nothing.
+func (s *suite) writeExpecting(d string) {
+	s.t.Helper()
+	st := s.openWrite()
+	defer st.close()
+	_, err := st.do(&contentapi.WriteContentRequest{Ref: s.ref, Expected: d})
+	if err == nil {
+		data := randomBytes(s.t, 10)
+		st.writeFrom(0, data)
+		_, err = st.do(commit(10, 10, digest.Digest(d)))
+		if err == nil {
+			s.t.Fatalf("Write expecting %s committed", d)
+		}
+		_, _ = s.c.Abort(s.ctx(), &contentapi.AbortRequest{Ref: s.ref})
+	}
+	native := errgrpc.ToNative(err)
+	if !errdefs.IsInvalidArgument(native) && !errdefs.IsFailedPrecondition(native) {
+		s.t.Fatalf("Write expecting %s = %v, want invalid argument", d, err)
 	}
 }
 
