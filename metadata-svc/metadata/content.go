@@ -162,7 +162,12 @@ func (s *ContentStore) Delete(ctx context.Context, ns, dgst string) error {
 // Hold reports whether namespace ns holds blob dgst, and if so attaches it
 // to lease (when not empty), as a writer that names a blob the namespace
 // has expects. A lease that does not exist is an [errdefs.ErrNotFound].
-func (s *ContentStore) Hold(ctx context.Context, ns string, dgst digest.Digest, lease string) (bool, error) {
+func (s *ContentStore) Hold(
+	ctx context.Context,
+	ns string,
+	dgst digest.Digest,
+	lease string,
+) (bool, error) {
 	var held bool
 	err := s.db.bdb.Update(func(tx *bolt.Tx) error {
 		b := blobsBucket(tx, ns)

@@ -196,7 +196,8 @@ func (m *marker) ingestRoots(ns string, nb *bolt.Bucket) error {
 		}
 		exp, err := time.Parse(time.RFC3339Nano, string(ib.Get(keyExpireAt)))
 		if err != nil {
-			return fmt.Errorf("ingest %q: expiry %q: %w", ref, ib.Get(keyExpireAt), errdefs.ErrDataLoss)
+			return fmt.Errorf("ingest %q: expiry %q: %w",
+				ref, ib.Get(keyExpireAt), errdefs.ErrDataLoss)
 		}
 		if m.now.Before(exp) {
 			m.mark(node{kind: kindIngest, ns: ns, key: string(ref)}, false)
@@ -236,7 +237,8 @@ func (m *marker) sweep(root *bolt.Bucket) (sweepResult, error) {
 		nextExpiry: m.next,
 	}
 	for _, l := range m.expired {
-		if err := root.Bucket([]byte(l.ns)).Bucket(keyLeases).DeleteBucket([]byte(l.id)); err != nil {
+		lb := root.Bucket([]byte(l.ns)).Bucket(keyLeases)
+		if err := lb.DeleteBucket([]byte(l.id)); err != nil {
 			return res, fmt.Errorf("delete expired lease %q: %w", l.id, err)
 		}
 		res.expired++

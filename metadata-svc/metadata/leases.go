@@ -146,7 +146,11 @@ func (s *LeaseStore) Delete(ctx context.Context, ns, id string) error {
 
 // List returns the leases of namespace ns that match one of the filters
 // (over id and labels.<key>), sorted by id.
-func (s *LeaseStore) List(ctx context.Context, ns string, fs ...string) ([]*leasesapi.Lease, error) {
+func (s *LeaseStore) List(
+	ctx context.Context,
+	ns string,
+	fs ...string,
+) ([]*leasesapi.Lease, error) {
 	filter, err := filters.ParseAll(fs...)
 	if err != nil {
 		return nil, err
@@ -209,7 +213,12 @@ func (s *LeaseStore) AddResource(ctx context.Context, ns, id string, r *leasesap
 
 // DeleteResource detaches r from lease id of namespace ns. A resource the
 // lease does not hold is not an error.
-func (s *LeaseStore) DeleteResource(ctx context.Context, ns, id string, r *leasesapi.Resource) error {
+func (s *LeaseStore) DeleteResource(
+	ctx context.Context,
+	ns,
+	id string,
+	r *leasesapi.Resource,
+) error {
 	typ, rid, err := parseResource(r)
 	if err != nil {
 		return err
@@ -223,7 +232,11 @@ func (s *LeaseStore) DeleteResource(ctx context.Context, ns, id string, r *lease
 }
 
 // ListResources returns the resources attached to lease id of namespace ns.
-func (s *LeaseStore) ListResources(ctx context.Context, ns, id string) ([]*leasesapi.Resource, error) {
+func (s *LeaseStore) ListResources(
+	ctx context.Context,
+	ns,
+	id string,
+) ([]*leasesapi.Resource, error) {
 	var list []*leasesapi.Resource
 	err := s.db.view(func(tx *bolt.Tx) error {
 		b, err := leaseBucket(tx, ns, id)
@@ -331,7 +344,8 @@ func detach(tx *bolt.Tx, ns, lease, typ, id string) error {
 func parseResource(r *leasesapi.Resource) (typ, id string, err error) {
 	typ, id = r.GetType(), r.GetID()
 	if id == "" {
-		return "", "", fmt.Errorf("lease resource of type %q has no id: %w", typ, errdefs.ErrInvalidArgument)
+		return "", "", fmt.Errorf("lease resource of type %q has no id: %w",
+			typ, errdefs.ErrInvalidArgument)
 	}
 	parts := strings.Split(typ, "/")
 	switch {

@@ -86,7 +86,8 @@ func (s *Content) Update(
 	req *contentapi.UpdateRequest,
 ) (*contentapi.UpdateResponse, error) {
 	if req.GetInfo() == nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "update content: no info in request")
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument,
+			"update content: no info in request")
 	}
 	ns, err := requireNamespace(ctx)
 	var info *contentapi.Info
@@ -129,7 +130,10 @@ func (s *Content) List(req *contentapi.ListContentRequest, ss contentapi.Content
 
 // Delete implements contentapi.ContentServer. The record goes now; the
 // bytes go with the next collection if no namespace holds them.
-func (s *Content) Delete(ctx context.Context, req *contentapi.DeleteContentRequest) (*emptypb.Empty, error) {
+func (s *Content) Delete(
+	ctx context.Context,
+	req *contentapi.DeleteContentRequest,
+) (*emptypb.Empty, error) {
 	ns, err := requireNamespace(ctx)
 	if err == nil {
 		err = s.Store.Delete(withCall(ctx), ns, req.GetDigest())
@@ -179,7 +183,10 @@ func (s *Content) proxyRead(
 }
 
 // Status implements contentapi.ContentServer.
-func (s *Content) Status(ctx context.Context, req *contentapi.StatusRequest) (*contentapi.StatusResponse, error) {
+func (s *Content) Status(
+	ctx context.Context,
+	req *contentapi.StatusRequest,
+) (*contentapi.StatusResponse, error) {
 	ns, err := requireNamespace(ctx)
 	var resp *contentapi.StatusResponse
 	if err == nil {
@@ -214,7 +221,11 @@ func (s *Content) ListStatuses(
 	return &contentapi.ListStatusesResponse{Statuses: list}, nil
 }
 
-func (s *Content) statuses(ctx context.Context, ns string, fs []string) ([]*contentapi.Status, error) {
+func (s *Content) statuses(
+	ctx context.Context,
+	ns string,
+	fs []string,
+) ([]*contentapi.Status, error) {
 	filter, err := filters.ParseAll(fs...)
 	if err != nil {
 		return nil, err

@@ -215,13 +215,16 @@ func TestContentWriteSharing(t *testing.T) {
 	tests := []struct {
 		name     string
 		policy   string
+		expected digest.Digest // of the write in namespace b
 		data     []byte
 		wantErr  error  // of the write in namespace b
 		wantRecv string // digest namespace b holds afterwards, if any
 	}{
-		{"shared adopts", service.SharingShared, nil, errdefs.ErrAlreadyExists, d.String()},
-		{"isolated writes", service.SharingIsolated, data, nil, d.String()},
-		{"isolated wrong bytes", service.SharingIsolated, []byte("other bytes!"), errdefs.ErrFailedPrecondition, ""},
+		{"shared adopts", service.SharingShared, d, nil, errdefs.ErrAlreadyExists, d.String()},
+		{"shared without expected writes", service.SharingShared, "", data, nil, d.String()},
+		{"isolated writes", service.SharingIsolated, d, data, nil, d.String()},
+		{"isolated without expected", service.SharingIsolated, "", data, nil, d.String()},
+		{"isolated wrong bytes", service.SharingIsolated, d, []byte("other bytes!"), errdefs.ErrFailedPrecondition, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -236,7 +239,7 @@ func TestContentWriteSharing(t *testing.T) {
 				t.Fatalf("Create lease: %v", err)
 			}
 
-			resp, err := (write{ref: "r", data: tt.data, expected: d}).run(underLease(ctxB, "l"), env.content)
+			resp, err := (write{ref: "r", data: tt.data, expected: tt.expected}).run(underLease(ctxB, "l"), env.content)
 			checkClass(t, "write in b", err, tt.wantErr)
 			if err == nil && (resp.GetDigest() != d.String() || resp.GetOffset() != int64(len(data))) {
 				t.Errorf("COMMIT reply = %v, want digest %s offset %d", resp, d, len(data))

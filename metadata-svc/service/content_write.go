@@ -11,7 +11,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/opencontainers/go-digest"
-	"google.golang.org/protobuf/proto"
 
 	"corral.dev/metadata-svc/metadata"
 	"corral.dev/pluginkit"
@@ -54,11 +53,17 @@ type writer struct {
 	lease    string
 	expected string // of the first message
 	up       contentapi.Content_WriteClient
+
+	// The digest of the ingest's bytes and their length, as the content
+	// plugin last reported them.
+	digest string
+	offset int64
 }
 
 func (w *writer) run(first *contentapi.WriteContentRequest) error {
 	if w.ref == "" {
-		return fmt.Errorf("first message of a write must have a ref: %w", errdefs.ErrInvalidArgument)
+		return fmt.Errorf("first message of a write must have a ref: %w",
+			errdefs.ErrInvalidArgument)
 	}
 	if w.expected != "" {
 		if err := w.checkExisting(first.GetTotal()); err != nil {
@@ -131,8 +136,9 @@ func (w *writer) checkExisting(total int64) error {
 }
 
 // handle forwards one request and returns the reply for the client.
-func (w *writer) handle(req *contentapi.WriteContentRequest) (*contentapi.WriteContentResponse, error) {
-	req = proto.CloneOf(req)
+func (w *writer) handle(
+	req *contentapi.WriteContentRequest,
+) (*contentapi.WriteContentResponse, error) {
 	req.Ref = rawRef(w.ns, w.ref)
 	if req.GetAction() == contentapi.WriteAction_COMMIT {
 		return w.commit(req)
@@ -144,16 +150,22 @@ func (w *writer) handle(req *contentapi.WriteContentRequest) (*contentapi.WriteC
 	return w.roundTrip(req)
 }
 
-func (w *writer) roundTrip(req *contentapi.WriteContentRequest) (*contentapi.WriteContentResponse, error) {
+func (w *writer) roundTrip(
+	req *contentapi.WriteContentRequest,
+) (*contentapi.WriteContentResponse, error) {
 	if err := w.up.Send(req); err != nil && !errors.Is(err, io.EOF) {
 		return nil, errgrpc.ToNative(err)
 	}
 	resp, err := w.up.Recv()
 	if err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("content plugin ended the write of %q: %w", w.ref, errdefs.ErrUnavailable)
+			return nil, fmt.Errorf("content plugin ended the write of %q: %w",
+				w.ref, errdefs.ErrUnavailable)
 		}
 		return nil, errgrpc.ToNative(err)
+	}
+	if resp.GetDigest() != "" {
+		w.digest, w.offset = resp.GetDigest(), resp.GetOffset()
 	}
 	return resp, nil
 }
@@ -161,7 +173,9 @@ func (w *writer) roundTrip(req *contentapi.WriteContentRequest) (*contentapi.Wri
 // commit commits the ingest in the content plugin and records the blob.
 // A blob the content plugin has already counts as committed: the bytes
 // were sent and verified against the expected digest.
-func (w *writer) commit(req *contentapi.WriteContentRequest) (*contentapi.WriteContentResponse, error) {
+func (w *writer) commit(
+	req *contentapi.WriteContentRequest,
+) (*contentapi.WriteContentResponse, error) {
 	for k, v := range req.GetLabels() {
 		if err := metadata.ValidateLabel(k, v); err != nil {
 			return nil, err
@@ -170,12 +184,13 @@ func (w *writer) commit(req *contentapi.WriteContentRequest) (*contentapi.WriteC
 	if req.GetExpected() == "" {
 		req.Expected = w.expected
 	}
+	known := w.knownDigest(req)
 	release := w.s.GC.Hold()
 	defer release()
 
 	resp, err := w.roundTrip(req)
-	if errdefs.IsAlreadyExists(err) && req.GetExpected() != "" {
-		resp, err = w.committed(req.GetExpected())
+	if errdefs.IsAlreadyExists(err) && known != "" {
+		resp, err = w.committed(known)
 	}
 	if err != nil {
 		return nil, err
@@ -188,6 +203,19 @@ func (w *writer) commit(req *contentapi.WriteContentRequest) (*contentapi.WriteC
 		return nil, err
 	}
 	return resp, nil
+}
+
+// knownDigest returns the digest the bytes of the ingest will have once
+// COMMIT req is applied, if it is known before: the expected one, or the
+// one the content plugin reported last when the COMMIT adds no bytes.
+func (w *writer) knownDigest(req *contentapi.WriteContentRequest) string {
+	switch {
+	case req.GetExpected() != "":
+		return req.GetExpected()
+	case len(req.GetData()) == 0 && req.GetOffset() == w.offset && w.offset > 0:
+		return w.digest
+	}
+	return ""
 }
 
 // committed is the COMMIT reply for a blob the content plugin already has.
@@ -221,6 +249,7 @@ func (w *writer) record(d digest.Digest, size int64, labels map[string]string, r
 	if err != nil {
 		return err
 	}
-	w.s.publish(w.ctx, w.ns, TopicContentCreate, &eventsapi.ContentCreate{Digest: d.String(), Size: size})
+	ev := &eventsapi.ContentCreate{Digest: d.String(), Size: size}
+	w.s.publish(w.ctx, w.ns, TopicContentCreate, ev)
 	return nil
 }

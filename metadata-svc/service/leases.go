@@ -35,7 +35,10 @@ func (s *Leases) Register(gs *grpc.Server) {
 
 // Create implements leasesapi.LeasesServer. An empty id makes the server
 // pick one.
-func (s *Leases) Create(ctx context.Context, req *leasesapi.CreateRequest) (*leasesapi.CreateResponse, error) {
+func (s *Leases) Create(
+	ctx context.Context,
+	req *leasesapi.CreateRequest,
+) (*leasesapi.CreateResponse, error) {
 	ns, err := requireNamespace(ctx)
 	var l *leasesapi.Lease
 	if err == nil {
@@ -69,7 +72,10 @@ func (s *Leases) Delete(ctx context.Context, req *leasesapi.DeleteRequest) (*emp
 }
 
 // List implements leasesapi.LeasesServer.
-func (s *Leases) List(ctx context.Context, req *leasesapi.ListRequest) (*leasesapi.ListResponse, error) {
+func (s *Leases) List(
+	ctx context.Context,
+	req *leasesapi.ListRequest,
+) (*leasesapi.ListResponse, error) {
 	ns, err := requireNamespace(ctx)
 	var list []*leasesapi.Lease
 	if err == nil {
@@ -83,7 +89,10 @@ func (s *Leases) List(ctx context.Context, req *leasesapi.ListRequest) (*leasesa
 }
 
 // AddResource implements leasesapi.LeasesServer.
-func (s *Leases) AddResource(ctx context.Context, req *leasesapi.AddResourceRequest) (*emptypb.Empty, error) {
+func (s *Leases) AddResource(
+	ctx context.Context,
+	req *leasesapi.AddResourceRequest,
+) (*emptypb.Empty, error) {
 	ns, err := requireResource(ctx, req.GetResource())
 	if err == nil {
 		err = s.store.AddResource(withCall(ctx), ns, req.GetID(), req.GetResource())
