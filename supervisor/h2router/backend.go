@@ -46,6 +46,7 @@ func (r *Router) dialBackend(ctx context.Context, key string, addr net.Addr) (*b
 	b.fr = http2.NewFramer(nil, b.br)
 	b.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	b.fr.MaxHeaderListSize = maxHeaderListSize
+	b.fr.SetMaxReadFrameSize(16384) // the default, which the router keeps
 
 	var fl flushList
 	b.p.writeControl(&fl, func(fr *http2.Framer) error {
@@ -334,6 +335,25 @@ func (r *Router) getConn(ctx context.Context, addr net.Addr) (*backendConn, erro
 			pl.forget(e.b)
 		}
 	}
+}
+
+// ready returns the pooled connection to addr if there is a usable one.
+func (pl *pool) ready(addr net.Addr) *backendConn {
+	pl.mu.Lock()
+	e := pl.conns[addr.Network()+":"+addr.String()]
+	pl.mu.Unlock()
+	if e == nil {
+		return nil
+	}
+	select {
+	case <-e.ready:
+	default:
+		return nil
+	}
+	if e.b == nil || !e.b.usable() {
+		return nil
+	}
+	return e.b
 }
 
 // forget drops b from the pool, so that the next call dials afresh.

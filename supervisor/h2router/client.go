@@ -3,7 +3,6 @@ package h2router
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -52,6 +51,7 @@ func newClientConn(r *Router, nc net.Conn) *clientConn {
 	c.fr = http2.NewFramer(nil, c.br)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = maxHeaderListSize
+	c.fr.SetMaxReadFrameSize(16384) // the default, which the router keeps
 	return c
 }
 
@@ -281,7 +281,8 @@ func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 	}
 	s.replayUntil = s.start.Add(r.opts.ReplayTimeout)
 	s.replayable = !r.methods.clientStreams(path) && !r.isLocal(s.service)
-	s.fields = make([]hpack.HeaderField, 0, len(f.Fields)+1)
+	// The frame is ours: its fields are filtered in place.
+	s.fields = f.Fields[:0]
 	for _, hf := range f.Fields {
 		switch hf.Name {
 		case pluginkit.TargetKey:
@@ -299,13 +300,6 @@ func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 	if s.replayable {
 		s.fields = append(s.fields, hpack.HeaderField{Name: pluginkit.CallIDKey, Value: r.callID()})
 	}
-	ctx := r.ctx
-	if !s.deadline.IsZero() {
-		ctx, s.cancel = context.WithDeadline(ctx, s.deadline)
-	} else {
-		ctx, s.cancel = context.WithCancel(ctx)
-	}
-	s.ctx = ctx
 
 	c.p.mu.Lock()
 	c.streams[s.cid] = s
@@ -315,7 +309,9 @@ func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 		s.fail(&c.fl, codes.InvalidArgument, fmt.Sprintf("internal call %s names no plugin", path))
 		return
 	}
-	go s.open(false)
+	if !s.tryOpen(&c.fl) {
+		go s.open(false)
+	}
 }
 
 func (c *clientConn) onData(f *http2.DataFrame) error {
@@ -352,7 +348,7 @@ func (c *clientConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 		for _, s := range blocked {
 			s.mu.Lock()
 			s.blockedDown = false
-			s.drainDownLocked(&c.fl)
+			s.drainDownLocked(&c.fl, nil)
 			s.mu.Unlock()
 		}
 		return nil
@@ -368,7 +364,7 @@ func (c *clientConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	s.downWin += int64(f.Increment)
 	overflow := s.downWin > maxWindow
 	if !overflow {
-		s.drainDownLocked(&c.fl)
+		s.drainDownLocked(&c.fl, nil)
 	}
 	s.mu.Unlock()
 	if overflow {
@@ -404,7 +400,7 @@ func (c *clientConn) onSettings(f *http2.SettingsFrame) error {
 	for _, s := range c.snapshot() {
 		s.mu.Lock()
 		s.downWin += delta
-		s.drainDownLocked(&c.fl)
+		s.drainDownLocked(&c.fl, nil)
 		s.mu.Unlock()
 	}
 	return nil

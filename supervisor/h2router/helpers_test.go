@@ -266,3 +266,16 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func (f *fakeBackends) TryAcquireAddr(service, target string) (net.Addr, func(), bool) {
+	addr, release, err := f.AcquireAddr(context.Background(), service, target)
+	return addr, release, err == nil
+}
+
+// waitingBackends hides TryAcquireAddr, so that every call opens on a
+// goroutine of its own.
+type waitingBackends struct{ fb *fakeBackends }
+
+func (w waitingBackends) AcquireAddr(ctx context.Context, service, target string) (net.Addr, func(), error) {
+	return w.fb.AcquireAddr(ctx, service, target)
+}

@@ -36,7 +36,8 @@ type peer struct {
 	maxFrame uint32    // its largest frame
 	blocked  []*stream // streams waiting for sendWin
 	dirty    bool
-	err      error // set once writing failed or the connection closed
+	deadline time.Time // the write deadline set last
+	err      error     // set once writing failed or the connection closed
 
 	recvAvail   int64 // what the other end may still send us on the connection
 	recvPending int64 // bytes passed on but not yet credited
@@ -162,7 +163,12 @@ func (p *peer) flush() {
 	}
 	p.dirty = false
 	if p.timeout > 0 {
-		_ = p.nc.SetWriteDeadline(time.Now().Add(p.timeout))
+		// The deadline moves only when less than half of it is left, which
+		// saves resetting a timer on every flush.
+		if now := time.Now(); now.Add(p.timeout / 2).After(p.deadline) {
+			p.deadline = now.Add(p.timeout)
+			_ = p.nc.SetWriteDeadline(p.deadline)
+		}
 	}
 	if err := p.bw.Flush(); err != nil {
 		p.err = fmt.Errorf("write: %w", err)

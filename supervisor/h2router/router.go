@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,15 @@ type Backends interface {
 	// hold on the plugin, which may then be drained. Errors are gRPC status
 	// errors.
 	AcquireAddr(ctx context.Context, service, target string) (addr net.Addr, release func(), err error)
+}
+
+// TryBackends is implemented by Backends that can hand out a running
+// plugin's address without waiting. The router then opens a call on the
+// goroutine that read its HEADERS, and starts one only when it must wait.
+type TryBackends interface {
+	// TryAcquireAddr is AcquireAddr for a plugin that is running now; ok
+	// is false when the call would have to wait, or fail.
+	TryAcquireAddr(service, target string) (addr net.Addr, release func(), ok bool)
 }
 
 // Options configure a Router.
@@ -229,11 +239,54 @@ var (
 	errFinished = errors.New("call already finished")
 )
 
+// tryOpen opens the call without waiting, when its plugin is running and
+// connected; false leaves the call to open.
+func (s *stream) tryOpen(fl *flushList) bool {
+	r := s.c.r
+	var addr net.Addr
+	release := func() {}
+	switch tb, ok := r.backends.(TryBackends); {
+	case s.target == "" && r.local[s.service]:
+		addr = localAddr{}
+	case ok:
+		if addr, release, ok = tb.TryAcquireAddr(s.service, s.target); !ok {
+			return false
+		}
+	default:
+		return false
+	}
+	b := r.pool.ready(addr)
+	if b == nil {
+		release()
+		return false
+	}
+	if err := s.attach(fl, b, release, false); err != nil {
+		release()
+		return errors.Is(err, errFinished)
+	}
+	return true
+}
+
 // open finds the call's backend and starts the call on it, trying again
 // while the backend cannot be reached and the call has not reached it.
 func (s *stream) open(replay bool) {
 	var fl flushList
 	defer fl.flush()
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return
+	}
+	if s.ctx == nil {
+		ctx := s.c.r.ctx
+		if !s.deadline.IsZero() {
+			ctx, s.cancel = context.WithDeadline(ctx, s.deadline)
+		} else {
+			ctx, s.cancel = context.WithCancel(ctx)
+		}
+		s.ctx = ctx
+	}
+	s.mu.Unlock()
 	backoff := time.Duration(0)
 	if replay {
 		backoff = 2 * time.Millisecond
@@ -312,7 +365,7 @@ func (r *Router) isLocal(service string) bool {
 
 // callID returns a new corral-call-id value.
 func (r *Router) callID() string {
-	return r.prefix + fmt.Sprint(r.seq.Add(1))
+	return r.prefix + strconv.FormatUint(r.seq.Add(1), 10)
 }
 
 // statusErr returns the status error of code, nil for OK.

@@ -70,6 +70,25 @@ func TestUnaryForwardsMetadataAndStatus(t *testing.T) {
 	}
 }
 
+// TestWaitingBackends runs calls through Backends that cannot hand out a
+// plugin without waiting.
+func TestWaitingBackends(t *testing.T) {
+	fb, _ := newPair(t)
+	r, conn := startRouter(t, waitingBackends{fb}, Options{})
+	for range 3 {
+		_, err := namespacesapi.NewNamespacesClient(conn).Get(nsCtx(), &namespacesapi.GetNamespaceRequest{Name: "a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := conn.Invoke(nsCtx(), "/no.such.Service/Call",
+		&namespacesapi.GetNamespaceRequest{}, &namespacesapi.GetNamespaceResponse{})
+	if status.Code(err) != codes.Unimplemented {
+		t.Errorf("unknown service = %v, want Unimplemented", err)
+	}
+	waitFor(t, "streams to close", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
+}
+
 func TestUnknownServiceIsUnimplemented(t *testing.T) {
 	fb, _ := newPair(t)
 	_, conn := startRouter(t, fb, Options{})

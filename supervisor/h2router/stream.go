@@ -62,6 +62,7 @@ type stream struct {
 	downRecv    int64 // what the backend may still send on this stream
 	downWin     int64 // what the client lets us send on this stream
 	downEnd     bool  // the backend ended the response
+	endSent     bool  // a DATA frame ended the client's stream
 	trailers    []hpack.HeaderField
 	downScan    msgScanner // over bytes received, for the size limit
 	sentScan    msgScanner // over bytes sent, for message boundaries
@@ -216,7 +217,7 @@ func (s *stream) onBackendHeaders(fl *flushList, fields []hpack.HeaderField, end
 	if end {
 		s.downEnd = true
 		s.trailers = fields
-		s.drainDownLocked(fl)
+		s.drainDownLocked(fl, nil)
 	}
 }
 
@@ -255,17 +256,15 @@ func (s *stream) onBackendData(fl *flushList, data []byte, flowLen int64, end bo
 			"grpc: trying to send message larger than max (%d vs. %d)", n, s.c.r.opts.MaxSendMsgSize))
 		return nil
 	}
-	s.down = append(s.down, data...)
-	if end {
-		s.downEnd = true
-	}
-	s.drainDownLocked(fl)
+	s.downEnd = s.downEnd || end
+	s.drainDownLocked(fl, data)
 	return nil
 }
 
-// drainDownLocked sends queued response bytes as far as the client's windows
-// allow, then the trailers, and gives the backend back its window.
-func (s *stream) drainDownLocked(fl *flushList) {
+// drainDownLocked sends queued response bytes, then those of extra, as far
+// as the client's windows allow, queues the rest of extra, sends the
+// trailers once nothing is left, and gives the backend back its window.
+func (s *stream) drainDownLocked(fl *flushList, extra []byte) {
 	if s.finished {
 		return
 	}
@@ -275,33 +274,22 @@ func (s *stream) drainDownLocked(fl *flushList) {
 		p.mu.Unlock()
 		return
 	}
-	sent := 0
-	for s.downOff < len(s.down) {
-		n := int(min(int64(len(s.down)-s.downOff), s.downWin, p.sendWin, int64(p.maxFrame)))
-		if n <= 0 {
-			if p.sendWin <= 0 && !s.blockedDown {
-				s.blockedDown = true
-				p.blocked = append(p.blocked, s)
-			}
-			break
-		}
-		chunk := s.down[s.downOff : s.downOff+n]
-		end := s.downEnd && s.trailers == nil && s.downOff+n == len(s.down)
-		_ = p.fr.WriteData(s.cid, end, chunk)
-		s.sentScan.feed(chunk, 0)
-		s.downOff += n
-		s.downWin -= int64(n)
-		p.sendWin -= int64(n)
+	sent := s.writeDownLocked(p, s.down[s.downOff:], len(extra) == 0)
+	s.downOff += sent
+	if s.downOff == len(s.down) && len(extra) > 0 {
+		n := s.writeDownLocked(p, extra, true)
 		sent += n
+		extra = extra[n:]
 	}
+	s.down = append(s.down, extra...)
 	done := false
 	if s.downOff == len(s.down) && s.downEnd {
 		switch {
 		case s.trailers != nil:
 			_ = p.writeHeadersLocked(s.cid, s.trailers, true)
-		case len(s.down) == 0 && !s.headersSent:
+		case !s.headersSent:
 			_ = p.writeHeadersLocked(s.cid, trailersOnly(codes.Internal, "plugin sent no status"), true)
-		case len(s.down) == 0:
+		case !s.endSent:
 			_ = p.fr.WriteData(s.cid, true, nil)
 		}
 		done = true
@@ -321,6 +309,33 @@ func (s *stream) drainDownLocked(fl *flushList) {
 		}
 		s.completeLocked(fl)
 	}
+}
+
+// writeDownLocked writes a prefix of data to the client as DATA frames, as
+// far as the windows allow, and returns its length. The last frame ends the
+// stream when last is set and the backend ended it without trailers. The
+// caller holds the client peer's mutex.
+func (s *stream) writeDownLocked(p *peer, data []byte, last bool) int {
+	sent := 0
+	for sent < len(data) {
+		n := int(min(int64(len(data)-sent), s.downWin, p.sendWin, int64(p.maxFrame)))
+		if n <= 0 {
+			if p.sendWin <= 0 && !s.blockedDown {
+				s.blockedDown = true
+				p.blocked = append(p.blocked, s)
+			}
+			break
+		}
+		chunk := data[sent : sent+n]
+		end := last && s.downEnd && s.trailers == nil && sent+n == len(data)
+		_ = p.fr.WriteData(s.cid, end, chunk)
+		s.endSent = s.endSent || end
+		s.sentScan.feed(chunk, 0)
+		s.downWin -= int64(n)
+		p.sendWin -= int64(n)
+		sent += n
+	}
+	return sent
 }
 
 // creditBackendLocked gives the backend n bytes of window back.
@@ -476,7 +491,9 @@ func (s *stream) finishLocked(fl *flushList) {
 		return
 	}
 	s.finished = true
-	s.cancel()
+	if s.cancel != nil {
+		s.cancel()
+	}
 	c := s.c
 	c.p.mu.Lock()
 	delete(c.streams, s.cid)

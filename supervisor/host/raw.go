@@ -17,14 +17,53 @@ func (h *Host) AcquireAddr(ctx context.Context, service, target string) (net.Add
 		return nil, nil, err
 	}
 	ls := l.(*lease)
-	ls.in.mu.Lock()
-	client := ls.in.client
-	ls.in.mu.Unlock()
-	if client != nil {
-		if rc := client.ReattachConfig(); rc != nil && rc.Addr != nil {
-			return rc.Addr, l.Release, nil
-		}
+	if addr := ls.in.addr(); addr != nil {
+		return addr, l.Release, nil
 	}
 	l.Release()
 	return nil, nil, status.Errorf(codes.Unavailable, "plugin %s has no address", ls.in.spec.Plugin.ID)
+}
+
+// TryAcquireAddr is AcquireAddr for a plugin that is running now: it never
+// waits, and ok is false when the plugin is not running or not known.
+func (h *Host) TryAcquireAddr(service, target string) (addr net.Addr, release func(), ok bool) {
+	var in *Instance
+	if target != "" {
+		in = h.instances[target]
+	} else {
+		h.mu.RLock()
+		in = h.services[service]
+		h.mu.RUnlock()
+	}
+	if in == nil {
+		return nil, nil, false
+	}
+	in.mu.Lock()
+	if in.state != Running || in.client == nil {
+		in.mu.Unlock()
+		return nil, nil, false
+	}
+	in.inflight++
+	in.mu.Unlock()
+	l := &lease{in: in}
+	if addr = in.addr(); addr == nil {
+		l.Release()
+		return nil, nil, false
+	}
+	return addr, l.Release, true
+}
+
+// addr returns the socket address of the plugin's current process.
+func (in *Instance) addr() net.Addr {
+	in.mu.Lock()
+	client := in.client
+	in.mu.Unlock()
+	if client == nil {
+		return nil
+	}
+	rc := client.ReattachConfig()
+	if rc == nil {
+		return nil
+	}
+	return rc.Addr
 }
