@@ -122,5 +122,3 @@ func TestH2Spec(t *testing.T) {
 		t.Logf("h2spec against %s:\n%s", name, out)
 	}
 }
-
-
