@@ -3,10 +3,14 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -303,5 +307,64 @@ func (ec *eventCounter) check(t *testing.T, want []string) {
 	}
 	if dups > 0 {
 		t.Logf("%d of %d events arrived more than once (calls replayed after the kills)", dups, len(want))
+	}
+}
+
+// TestPluginInitFailure starts the daemon on a metadata database that is
+// not one: bolt fails to initialise and is reported so, with its error,
+// while the daemon and its other services keep serving and calls to bolt's
+// services fail instead of hanging.
+func TestPluginInitFailure(t *testing.T) {
+	testkit.RequiresRoot(t)
+	l := newLayout(t)
+	l.writeConfig(t, settings{})
+	db := filepath.Join(l.Root, boltFullID, "meta.db")
+	if err := os.MkdirAll(filepath.Dir(db), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(db, bytes.Repeat([]byte("not a bolt database\n"), 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startOn(t, l)
+
+	var p plugin
+	if !waitFor(bootTimeout, func() bool {
+		p = d.plugins(t)[boltID]
+		return p.State == "failed"
+	}) {
+		t.Fatalf("containerd plugins ls: bolt %+v, want failed", p)
+	}
+	out := mustRun(t, containerdBin, "-c", d.Config, "-a", d.Socket, "plugins", "ls")
+	if !strings.Contains(out, db) {
+		t.Errorf("containerd plugins ls does not name %s:\n%s", db, out)
+	}
+	for _, c := range ctrTools(t) {
+		if row := ctrPlugins(t, c, d)[boltID]; len(row) != 4 || row[3] != "error" {
+			t.Errorf("%s plugins ls: bolt row %q, want status error", c.name, row)
+		}
+		c.run(t, d, "version")
+		start := time.Now()
+		r := run(c.path, "--address", d.Socket, "namespaces", "ls")
+		if r.Err == nil {
+			t.Errorf("%s namespaces ls with bolt failed: succeeded, want an error", c.name)
+		}
+		t.Logf("%s namespaces ls: %s after %v", c.name, strings.TrimSpace(r.Stderr), time.Since(start))
+	}
+
+	families := scrape(t, d.MetricsAddr)
+	if v := metricValue(t, families, "corral_plugin_up", boltID); v != 0 {
+		t.Errorf(`corral_plugin_up{plugin="bolt"} = %v, want 0`, v)
+	}
+	for _, m := range pluginSeries(families, "corral_plugin_state", boltID) {
+		want := 0.0
+		if labelsOf(m)["state"] == "failed" {
+			want = 1
+		}
+		if got := m.GetGauge().GetValue(); got != want {
+			t.Errorf("corral_plugin_state%v = %v, want %v", labelsOf(m), got, want)
+		}
+	}
+	if !d.running() {
+		t.Errorf("daemon exited")
 	}
 }
