@@ -41,9 +41,11 @@ func shimDir(t *testing.T) string {
 		if buildErr != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o",
+		build := exec.Command("go", "build", "-o",
 			filepath.Join(binDir, "containerd-shim-corral-v2"),
-			"corral.dev/shim/cmd/containerd-shim-corral-v2").CombinedOutput()
+			"corral.dev/shim/cmd/containerd-shim-corral-v2")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as shipped
+		out, err := build.CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("build shim: %v\n%s", err, out)
 		}

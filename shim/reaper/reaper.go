@@ -49,7 +49,7 @@ func (r *Reaper) Start() error {
 
 // Subscribe returns a channel that receives every exit until Unsubscribe.
 func (r *Reaper) Subscribe() chan Exit {
-	ch := make(chan Exit, 128)
+	ch := make(chan Exit, 32)
 	r.mu.Lock()
 	r.subs[ch] = struct{}{}
 	r.mu.Unlock()

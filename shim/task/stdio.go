@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/containerd/console"
-	"github.com/containerd/fifo"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 )
@@ -19,6 +18,9 @@ import (
 // stdinDrain is how long CloseIO keeps reading a stdin FIFO that has gone
 // quiet, so that bytes the client wrote just before CloseIO still arrive.
 const stdinDrain = 50 * time.Millisecond
+
+// copyBuffer is the buffer size of each stream copy.
+const copyBuffer = 8 << 10
 
 // stdio is where a process's standard streams go, as the daemon asked.
 type stdio struct {
@@ -123,23 +125,52 @@ func (p *procIO) copyOut(path string, src io.Reader) error {
 	p.outs.Add(1)
 	go func() {
 		defer p.outs.Done()
-		if path == "" {
-			_, _ = io.Copy(io.Discard, src)
-			return
-		}
-		w, err := fifo.OpenFifo(ctx, path, unix.O_WRONLY, 0)
+		w, err := openWriter(ctx, path)
 		if err != nil {
 			_, _ = io.Copy(io.Discard, src)
 			return
 		}
 		defer w.Close()
-		keep, err := fifo.OpenFifo(ctx, path, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+		keep, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 		if err == nil {
 			defer keep.Close()
 		}
-		_, _ = io.Copy(w, src)
+		// A small buffer: the shim idles with it allocated, per stream. The
+		// wrappers keep os.File from substituting its own 32 KiB one.
+		buf := make([]byte, copyBuffer)
+		_, _ = io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{src}, buf)
 	}()
 	return nil
+}
+
+// openWriter opens the FIFO at path for writing, waiting for a reader
+// until ctx ends.
+func openWriter(ctx context.Context, path string) (*os.File, error) {
+	if path == "" {
+		return nil, errors.New("no fifo")
+	}
+	type opened struct {
+		f   *os.File
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		ch <- opened{f, err}
+	}()
+	select {
+	case o := <-ch:
+		return o.f, o.err
+	case <-ctx.Done():
+	}
+	// Release the blocked open by opening the read side ourselves.
+	if r, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0); err == nil {
+		defer r.Close()
+	}
+	if o := <-ch; o.f != nil {
+		o.f.Close()
+	}
+	return nil, ctx.Err()
 }
 
 // closeStdin delivers EOF to the process once pending input is copied.
@@ -194,7 +225,7 @@ func startStdin(path string, dst io.WriteCloser, closeDst bool) (*stdinCopy, err
 	s := &stdinCopy{f: f, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
-		buf := make([]byte, 32<<10)
+		buf := make([]byte, copyBuffer)
 		for {
 			n, err := f.Read(buf)
 			if n > 0 {
