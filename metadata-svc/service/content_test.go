@@ -3,9 +3,11 @@ package service_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	eventsapi "github.com/containerd/containerd/api/events"
@@ -488,5 +490,72 @@ func TestContentUpdateAndList(t *testing.T) {
 		if n != want {
 			t.Errorf("List(%q) = %d blobs, want %d", filter, n, want)
 		}
+	}
+}
+
+// TestContentWritesRaceCollections writes blobs, some held and some not,
+// while collections run: every record left must have its bytes.
+func TestContentWritesRaceCollections(t *testing.T) {
+	env := newContentEnv(t, service.SharingShared)
+	ctx := inNamespace("ns")
+	stop := make(chan struct{})
+	collected := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				collected <- nil
+				return
+			default:
+			}
+			if err := env.gc.Run(context.Background()); err != nil {
+				collected <- err
+				return
+			}
+		}
+	}()
+
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 10 {
+				data := []byte(fmt.Sprintf("blob %d %d", g, i))
+				var labels map[string]string
+				if i%2 == 0 {
+					labels = map[string]string{metadata.LabelRoot: "x"}
+				}
+				w := write{ref: fmt.Sprintf("r%d-%d", g, i), data: data, labels: labels}
+				if _, err := w.run(ctx, env.content); err != nil {
+					t.Errorf("write %d/%d: %v", g, i, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	if err := <-collected; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+
+	stream, err := env.content.List(ctx, &contentapi.ListContentRequest{})
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	var roots int
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			break
+		}
+		for _, info := range resp.GetInfo() {
+			if _, ok := info.GetLabels()[metadata.LabelRoot]; ok {
+				roots++
+			}
+			_, err := env.raw.Info(context.Background(), &contentapi.InfoRequest{Digest: info.GetDigest()})
+			checkClass(t, "bytes of "+info.GetDigest(), err, nil)
+		}
+	}
+	if roots != 20 {
+		t.Errorf("blobs labelled as roots = %d, want 20", roots)
 	}
 }
