@@ -245,6 +245,21 @@ func TestRunStdinCloseIO(t *testing.T) {
 
 func TestRunTerminal(t *testing.T) {
 	e := newEnv(t)
+	c := e.cmd("run", "-t", "--rm", "--runtime", runtime, "busybox:latest", "tty",
+		"sh", "-c", "tty; sleep 1; stty size; exit 5")
+	out, err := ptyRun(t, c)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 5 {
+		t.Fatalf("ctr run -t = %v, want exit 5; output %q", err, out)
+	}
+	if !strings.Contains(out, "/dev/pts/") || !strings.Contains(out, "33 77") {
+		t.Fatalf("ctr run -t output %q, want a /dev/pts tty of size 33 77", out)
+	}
+}
+
+// ptyRun runs c on a new 33x77 terminal and returns what it printed.
+func ptyRun(t *testing.T, c *exec.Cmd) (string, error) {
+	t.Helper()
 	pty, slave, err := console.NewPty()
 	if err != nil {
 		t.Fatal(err)
@@ -255,29 +270,43 @@ func TestRunTerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	c := e.cmd("run", "-t", "--rm", "--runtime", runtime, "busybox:latest", "tty",
-		"sh", "-c", "tty; sleep 1; stty size; exit 5")
-	c.Stdin, c.Stdout, c.Stderr = s, s, s
-	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
 	if err := pty.Resize(console.WinSize{Height: 33, Width: 77}); err != nil {
 		t.Fatal(err)
 	}
-	var buf strings.Builder
-	go func() { _, _ = io.Copy(&buf, pty) }()
+	c.Stdin, c.Stdout, c.Stderr = s, s, s
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+
+	var (
+		mu  sync.Mutex
+		buf strings.Builder
+	)
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		b := make([]byte, 4096)
+		for {
+			n, err := pty.Read(b)
+			mu.Lock()
+			buf.Write(b[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
 	err = c.Run()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 5 {
-		t.Fatalf("ctr run -t = %v, want exit 5; output %q", err, buf.String())
+	select {
+	case <-copied:
+	case <-time.After(200 * time.Millisecond):
 	}
-	time.Sleep(100 * time.Millisecond)
-	out := buf.String()
-	if !strings.Contains(out, "/dev/pts/") || !strings.Contains(out, "33 77") {
-		t.Fatalf("ctr run -t output %q, want a /dev/pts tty of size 33 77", out)
-	}
+	mu.Lock()
+	defer mu.Unlock()
+	return buf.String(), err
 }
 
 func TestDetachedTaskCommands(t *testing.T) {
 	e := newEnv(t)
+	stop := e.events()
 	e.ctr("run", "-d", "--runtime", runtime, "busybox:latest", "det", "sleep", "1000")
 	e.waitStatus("det", "RUNNING")
 
@@ -291,6 +320,10 @@ func TestDetachedTaskCommands(t *testing.T) {
 	}
 	for range 3 { // an exec leaves nothing behind
 		e.ctr("tasks", "exec", "--exec-id", "e2", "det", "true")
+	}
+	out, err = ptyRun(t, e.cmd("tasks", "exec", "-t", "--exec-id", "e3", "det", "tty"))
+	if err != nil || !strings.Contains(out, "/dev/pts/") {
+		t.Errorf("tasks exec -t = (%q, %v), want a /dev/pts tty", out, err)
 	}
 
 	e.ctr("tasks", "pause", "det")
@@ -308,12 +341,21 @@ func TestDetachedTaskCommands(t *testing.T) {
 		t.Logf("tasks checkpoint with criu: %v\n%s", err, out)
 	}
 
-	e.ctr("tasks", "kill", "-s", "SIGKILL", "det")
+	e.ctr("tasks", "kill", "--all", "-s", "SIGKILL", "det")
 	e.waitStatus("det", "STOPPED")
 	e.ctr("tasks", "rm", "det")
 	e.ctr("containers", "rm", "det")
 	if _, err := os.Stat(e.bundle("det")); !os.IsNotExist(err) {
 		t.Errorf("bundle still there after rm: %v", err)
+	}
+
+	time.Sleep(200 * time.Millisecond)
+	events := stop()
+	for _, topic := range []string{"/tasks/create", "/tasks/start", "/tasks/exec-added",
+		"/tasks/exec-started", "/tasks/paused", "/tasks/resumed", "/tasks/exit", "/tasks/delete"} {
+		if !strings.Contains(events, topic) {
+			t.Errorf("no %s event in:\n%s", topic, events)
+		}
 	}
 }
 
