@@ -54,8 +54,8 @@ type writer struct {
 	expected string // of the first message
 	up       contentapi.Content_WriteClient
 
-	// The digest of the ingest's bytes and their length, as the content
-	// plugin last reported them.
+	// The length of the ingest's bytes as the content plugin last reported
+	// it, and their digest if the reply carried it.
 	digest string
 	offset int64
 }
@@ -164,9 +164,7 @@ func (w *writer) roundTrip(
 		}
 		return nil, errgrpc.ToNative(err)
 	}
-	if resp.GetDigest() != "" {
-		w.digest, w.offset = resp.GetDigest(), resp.GetOffset()
-	}
+	w.digest, w.offset = resp.GetDigest(), resp.GetOffset()
 	return resp, nil
 }
 
@@ -184,7 +182,10 @@ func (w *writer) commit(
 	if req.GetExpected() == "" {
 		req.Expected = w.expected
 	}
-	known := w.knownDigest(req)
+	known, err := w.knownDigest(req)
+	if err != nil {
+		return nil, err
+	}
 	release := w.s.GC.Hold()
 	defer release()
 
@@ -206,16 +207,26 @@ func (w *writer) commit(
 }
 
 // knownDigest returns the digest the bytes of the ingest will have once
-// COMMIT req is applied, if it is known before: the expected one, or the
-// one the content plugin reported last when the COMMIT adds no bytes.
-func (w *writer) knownDigest(req *contentapi.WriteContentRequest) string {
+// COMMIT req is applied, if it can be known before: the expected one, or,
+// for a COMMIT that adds no bytes, the digest of the bytes written so far,
+// asked for with a STAT when the last reply did not carry it.
+func (w *writer) knownDigest(req *contentapi.WriteContentRequest) (string, error) {
 	switch {
 	case req.GetExpected() != "":
-		return req.GetExpected()
-	case len(req.GetData()) == 0 && req.GetOffset() == w.offset && w.offset > 0:
-		return w.digest
+		return req.GetExpected(), nil
+	case len(req.GetData()) > 0 || req.GetOffset() == 0:
+		return "", nil
 	}
-	return ""
+	if w.digest == "" || w.offset != req.GetOffset() {
+		stat := &contentapi.WriteContentRequest{Action: contentapi.WriteAction_STAT, Ref: req.GetRef()}
+		if _, err := w.roundTrip(stat); err != nil {
+			return "", err
+		}
+	}
+	if w.offset != req.GetOffset() {
+		return "", nil
+	}
+	return w.digest, nil
 }
 
 // committed is the COMMIT reply for a blob the content plugin already has.
