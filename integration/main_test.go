@@ -159,8 +159,9 @@ type daemon struct {
 	*layout
 	Pid int
 
-	log  *syncBuffer
-	done chan struct{} // closed when the process has exited
+	log     *syncBuffer
+	done    chan struct{} // closed when the process has exited
+	exitErr error         // how it exited, once done is closed
 }
 
 // startDaemon writes a configuration for a fresh layout with s, starts a
@@ -184,7 +185,7 @@ func startOn(t *testing.T, l *layout) *daemon {
 	}
 	d.Pid = cmd.Process.Pid
 	go func() {
-		cmd.Wait()
+		d.exitErr = cmd.Wait()
 		close(d.done)
 	}()
 	t.Cleanup(func() { d.stop(t) })
@@ -215,8 +216,8 @@ func (d *daemon) waitReady(t *testing.T) {
 	t.Fatalf("daemon not serving after %v:\n%s", bootTimeout, d.log)
 }
 
-// stop ends the daemon by pid (SIGTERM, then SIGKILL) and checks that its
-// plugin processes end with it.
+// stop ends the daemon by pid (SIGTERM, then SIGKILL) and checks that it
+// exits cleanly and that its plugin processes end with it.
 func (d *daemon) stop(t *testing.T) {
 	t.Helper()
 	if t.Failed() {
@@ -231,6 +232,9 @@ func (d *daemon) stop(t *testing.T) {
 	syscall.Kill(d.Pid, syscall.SIGTERM)
 	select {
 	case <-d.done:
+		if d.exitErr != nil {
+			t.Errorf("daemon %d exited with %v on SIGTERM, want status 0", d.Pid, d.exitErr)
+		}
 	case <-time.After(stopTimeout):
 		t.Errorf("daemon %d still running %v after SIGTERM; killing it", d.Pid, stopTimeout)
 		d.kill(t)
