@@ -231,17 +231,17 @@ func TestGoClient(t *testing.T) {
 // and returns its exports.
 func checkClientPlugins(t *testing.T, ctx context.Context, c *client.Client) map[string]string {
 	t.Helper()
-	resp, err := c.IntrospectionService().Plugins(ctx, fmt.Sprintf("id==%s", boltID))
+	filter := fmt.Sprintf("type==io.containerd.metadata.v1,id==%s", boltID)
+	resp, err := c.IntrospectionService().Plugins(ctx, filter)
 	if err != nil {
-		t.Fatalf("Plugins: %v", err)
+		t.Fatalf("Plugins(%s): %v", filter, err)
 	}
 	if len(resp.Plugins) != 1 {
-		t.Fatalf("Plugins(id==%s) = %d plugins, want 1: %v", boltID, len(resp.Plugins), resp.Plugins)
+		t.Fatalf("Plugins(%s) = %d plugins, want 1: %v", filter, len(resp.Plugins), resp.Plugins)
 	}
 	p := resp.Plugins[0]
-	if p.Type != "io.containerd.metadata.v1" || p.InitErr != nil {
-		t.Errorf("Plugins(id==%s) = type %q, init error %v; want io.containerd.metadata.v1, none",
-			boltID, p.Type, p.InitErr)
+	if p.ID != boltID || p.InitErr != nil {
+		t.Errorf("Plugins(%s) = id %q, init error %v; want %s, none", filter, p.ID, p.InitErr, boltID)
 	}
 	return p.Exports
 }
