@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -228,6 +229,8 @@ func (c *clientConn) onHeaders(f *http2.MetaHeadersFrame) error {
 		c.resetStream(id, http2.ErrCodeProtocol)
 	case f.Truncated:
 		c.refuse(id, f.StreamEnded(), codes.ResourceExhausted, "header list too large")
+	case f.StreamEnded() && hasContent(f.Fields):
+		c.resetStream(id, http2.ErrCodeProtocol)
 	default:
 		c.open(f, path)
 	}
@@ -271,13 +274,14 @@ func (c *clientConn) refuse(id uint32, ended bool, code codes.Code, msg string) 
 func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 	r := c.r
 	s := &stream{
-		c:       c,
-		cid:     f.StreamID,
-		path:    path,
-		service: serviceOf(path),
-		start:   time.Now(),
-		upRecv:  clientStreamWindow,
-		upEnd:   f.StreamEnded(),
+		c:          c,
+		cid:        f.StreamID,
+		path:       path,
+		service:    serviceOf(path),
+		start:      time.Now(),
+		upRecv:     clientStreamWindow,
+		upEnd:      f.StreamEnded(),
+		contentLen: -1,
 	}
 	s.replayUntil = s.start.Add(r.opts.ReplayTimeout)
 	s.replayable = !r.methods.clientStreams(path) && !r.isLocal(s.service)
@@ -293,6 +297,10 @@ func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 		case "grpc-timeout":
 			if d, ok := parseTimeout(hf.Value); ok {
 				s.deadline = s.start.Add(d)
+			}
+		case "content-length":
+			if n, err := strconv.ParseInt(hf.Value, 10, 64); err == nil && n >= 0 {
+				s.contentLen = n
 			}
 		}
 		s.fields = append(s.fields, hf)

@@ -49,9 +49,11 @@ type stream struct {
 	upEndSent   bool  // and the backend was told
 	upTrailers  []hpack.HeaderField
 	upScan      msgScanner
-	replayable  bool // up holds the whole request, for a replay
-	blockedUp   bool // waiting in the backend peer's blocked list
-	blockedDown bool // waiting in the client peer's blocked list
+	upTotal     int64 // bytes of request received
+	contentLen  int64 // the request's content-length, -1 when it has none
+	replayable  bool  // up holds the whole request, for a replay
+	blockedUp   bool  // waiting in the backend peer's blocked list
+	blockedDown bool  // waiting in the client peer's blocked list
 
 	// Backend to client.
 	respHeaders bool // the backend answered
@@ -88,6 +90,11 @@ func (s *stream) onClientData(fl *flushList, data []byte, flowLen int64, end boo
 	}
 	s.upRecv -= flowLen
 	s.creditClientLocked(fl, flowLen-int64(len(data)))
+	s.upTotal += int64(len(data))
+	if s.contentLen >= 0 && (s.upTotal > s.contentLen || end && s.upTotal != s.contentLen) {
+		s.c.p.credit(fl, int64(len(data)))
+		return http2.StreamError{StreamID: s.cid, Code: http2.ErrCodeProtocol}
+	}
 	if s.finished {
 		s.c.p.credit(fl, int64(len(data)))
 		return nil

@@ -181,3 +181,13 @@ func checkTrailers(fields []hpack.HeaderField) bool {
 	}
 	return true
 }
+
+// hasContent reports whether fields announce a non-empty body.
+func hasContent(fields []hpack.HeaderField) bool {
+	for _, f := range fields {
+		if f.Name == "content-length" {
+			return f.Value != "0"
+		}
+	}
+	return false
+}
