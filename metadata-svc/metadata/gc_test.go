@@ -198,8 +198,11 @@ func TestGCRun(t *testing.T) {
 			deleted: []string{"d", "f"},
 		},
 		{
-			name:    "gc.root kept",
-			seed:    seeds(seedBlob("ns", "a", append(refs("b"), LabelRoot, "2026-01-01T00:00:00Z")...), seedBlob("ns", "b")),
+			name: "gc.root kept",
+			seed: seeds(
+				seedBlob("ns", "a", append(refs("b"), LabelRoot, "2026-01-01T00:00:00Z")...),
+				seedBlob("ns", "b"),
+			),
 			keep:    []string{"a", "b"},
 			deleted: []string{"f"},
 		},

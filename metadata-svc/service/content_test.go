@@ -118,7 +118,10 @@ type write struct {
 
 // run writes w through c; it returns the first reply's error (as gRPC
 // sent it), or the COMMIT reply.
-func (w write) run(ctx context.Context, c contentapi.ContentClient) (*contentapi.WriteContentResponse, error) {
+func (w write) run(
+	ctx context.Context,
+	c contentapi.ContentClient,
+) (*contentapi.WriteContentResponse, error) {
 	stream, err := c.Write(ctx)
 	if err != nil {
 		return nil, err
@@ -128,7 +131,10 @@ func (w write) run(ctx context.Context, c contentapi.ContentClient) (*contentapi
 	steps := []*contentapi.WriteContentRequest{
 		{Action: contentapi.WriteAction_STAT, Ref: w.ref, Total: total, Expected: w.expected.String()},
 		{Action: contentapi.WriteAction_WRITE, Data: w.data},
-		{Action: contentapi.WriteAction_COMMIT, Total: total, Offset: total, Expected: w.expected.String(), Labels: w.labels},
+		{
+			Action: contentapi.WriteAction_COMMIT, Total: total, Offset: total,
+			Expected: w.expected.String(), Labels: w.labels,
+		},
 	}
 	var resp *contentapi.WriteContentResponse
 	for _, req := range steps {
@@ -241,7 +247,8 @@ func TestContentWriteSharing(t *testing.T) {
 				t.Fatalf("Create lease: %v", err)
 			}
 
-			resp, err := (write{ref: "r", data: tt.data, expected: tt.expected}).run(underLease(ctxB, "l"), env.content)
+			w := write{ref: "r", data: tt.data, expected: tt.expected}
+			resp, err := w.run(underLease(ctxB, "l"), env.content)
 			checkClass(t, "write in b", err, tt.wantErr)
 			if err == nil && (resp.GetDigest() != d.String() || resp.GetOffset() != int64(len(data))) {
 				t.Errorf("COMMIT reply = %v, want digest %s offset %d", resp, d, len(data))
@@ -339,7 +346,10 @@ func TestContentWriteCommit(t *testing.T) {
 			}
 			checkClass(t, "Info", ierr, nil)
 			want := &contentapi.Info{Digest: d.String(), Size: int64(len(data)), Labels: tt.labels}
-			opts := cmp.Options{protocmp.Transform(), protocmp.IgnoreFields(&contentapi.Info{}, "created_at", "updated_at")}
+			opts := cmp.Options{
+				protocmp.Transform(),
+				protocmp.IgnoreFields(&contentapi.Info{}, "created_at", "updated_at"),
+			}
 			if diff := cmp.Diff(want, info.GetInfo(), opts); diff != "" {
 				t.Errorf("Info (-want +got):\n%s", diff)
 			}

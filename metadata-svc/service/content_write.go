@@ -218,8 +218,8 @@ func (w *writer) knownDigest(req *contentapi.WriteContentRequest) (string, error
 		return "", nil
 	}
 	if w.digest == "" || w.offset != req.GetOffset() {
-		stat := &contentapi.WriteContentRequest{Action: contentapi.WriteAction_STAT, Ref: req.GetRef()}
-		if _, err := w.roundTrip(stat); err != nil {
+		stat := contentapi.WriteContentRequest{Ref: req.GetRef()} // STAT
+		if _, err := w.roundTrip(&stat); err != nil {
 			return "", err
 		}
 	}

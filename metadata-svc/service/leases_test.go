@@ -72,7 +72,8 @@ func TestLeasesDeleteSyncCollects(t *testing.T) {
 	data := []byte("leased only")
 	d := digest.FromBytes(data)
 	exp := time.Now().Add(time.Hour).Format(time.RFC3339)
-	_, err := env.leases.Create(ctx, &leasesapi.CreateRequest{ID: "l", Labels: map[string]string{metadata.LabelExpire: exp}})
+	labels := map[string]string{metadata.LabelExpire: exp}
+	_, err := env.leases.Create(ctx, &leasesapi.CreateRequest{ID: "l", Labels: labels})
 	checkClass(t, "Create", err, nil)
 	_, err = (write{ref: "r", data: data, expected: d}).run(underLease(ctx, "l"), env.content)
 	checkClass(t, "write", err, nil)
