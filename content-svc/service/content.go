@@ -37,13 +37,14 @@ var readBufs = sync.Pool{New: func() any { return new([ReadChunkSize]byte) }}
 type Content struct {
 	api.UnimplementedContentServer
 
-	store *store.Store
-	log   zerolog.Logger
+	store   *store.Store
+	log     zerolog.Logger
+	metrics *metrics
 }
 
 // NewContent returns the Content service on s.
 func NewContent(s *store.Store, log zerolog.Logger) *Content {
-	return &Content{store: s, log: log}
+	return &Content{store: s, log: log, metrics: newMetrics()}
 }
 
 // Register registers the service on gs.
@@ -188,6 +189,7 @@ func (c *Content) read(req *api.ReadContentRequest, stream api.Content_ReadServe
 			if serr := stream.Send(resp); serr != nil {
 				return serr
 			}
+			c.metrics.read.Add(float64(n))
 			off += int64(n)
 		}
 		if err == io.EOF {

@@ -9,7 +9,10 @@ import (
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/google/go-cmp/cmp"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -123,5 +126,47 @@ func TestUnknownAction(t *testing.T) {
 	w.Send(&contentapi.WriteContentRequest{Ref: "r", Action: 7})
 	if _, err := w.Recv(); !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) {
 		t.Errorf("Write with action 7 = %v, want invalid argument", err)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	s, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewContent(s, zerolog.Nop())
+	reg := prometheus.NewPedanticRegistry()
+	if err := c.RegisterMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	c.Register(gs)
+	sock := filepath.Join(t.TempDir(), "s")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(l)
+	t.Cleanup(gs.Stop)
+
+	client := (&server{gs: gs, sock: sock}).client(t)
+	data := []byte("counted")
+	if err := ingest(context.Background(), client, "m", data, digest.FromBytes(data)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readAll(context.Background(), client, digest.FromBytes(data)); err != nil {
+		t.Fatal(err)
+	}
+	got := []float64{
+		testutil.ToFloat64(c.metrics.written),
+		testutil.ToFloat64(c.metrics.read),
+		testutil.ToFloat64(c.metrics.commits),
+	}
+	if diff := cmp.Diff([]float64{7, 7, 1}, got); diff != "" {
+		t.Errorf("written, read, commits (-want +got):\n%s", diff)
+	}
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil || len(problems) > 0 {
+		t.Errorf("lint = %v, %v", problems, err)
 	}
 }

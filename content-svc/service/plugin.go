@@ -26,6 +26,12 @@ func initPlugin(_ context.Context, ic *pluginkit.InitContext) error {
 	if err != nil {
 		return err
 	}
-	NewContent(s, ic.Log).Register(ic.Server)
+	c := NewContent(s, ic.Log)
+	if ic.Metrics != nil {
+		if err := c.RegisterMetrics(ic.Metrics); err != nil {
+			return err
+		}
+	}
+	c.Register(ic.Server)
 	return nil
 }

@@ -29,6 +29,8 @@ func (c *Content) Write(stream api.Content_WriteServer) error {
 		return errgrpc.ToGRPC(err)
 	}
 	defer ws.w.Close()
+	c.metrics.writers.Inc()
+	defer c.metrics.writers.Dec()
 
 	for {
 		resp, err := ws.handle(req)
@@ -36,7 +38,9 @@ func (c *Content) Write(stream api.Content_WriteServer) error {
 			c.logRequest("write", ws.expected.String(), ws.w.Ref(), err)
 			return errgrpc.ToGRPC(err)
 		}
+		c.metrics.written.Add(float64(len(req.GetData())))
 		if req.GetAction() == api.WriteAction_COMMIT {
+			c.metrics.commits.Inc()
 			c.logRequest("commit", resp.GetDigest(), ws.w.Ref(), nil)
 		}
 		if err := stream.Send(resp); err != nil {
