@@ -156,9 +156,7 @@ func TestPluginKilled(t *testing.T) {
 		}
 	}
 	exports := checkClientPlugins(t, clientContext(t), newClient(t, d))
-	// TODO(integration): check "state" too once the supervisor's run state
-	// no longer shares its key with the plugin's state directory export.
-	want := map[string]string{"pid": strconv.Itoa(now.Pid), "restarts": "1"}
+	want := map[string]string{"pid": strconv.Itoa(now.Pid), "restarts": "1", "status": "running"}
 	for k, v := range want {
 		if exports[k] != v {
 			t.Errorf("introspection: bolt export %s = %q, want %q (exports %v)", k, exports[k], v, exports)

@@ -70,7 +70,7 @@ func (s *introspectionService) rows() []*introspectionapi.Plugin {
 	for _, in := range s.host.Instances() {
 		st := in.Status()
 		row := &introspectionapi.Plugin{Type: st.Type, ID: st.ID, Exports: map[string]string{
-			"state":    string(st.State),
+			"status":   string(st.State),
 			"pid":      strconv.Itoa(st.Pid),
 			"restarts": strconv.Itoa(st.Restarts),
 		}}

@@ -268,7 +268,7 @@ func (in *Instance) stop(next State) {
 	in.mu.Unlock()
 	if client != nil {
 		client.Kill()
-		in.log.Info().Msg("plugin stopped")
+		in.log.Info().Msg("plugin process ended")
 	}
 }
 
