@@ -169,12 +169,19 @@ func (s *ContentStore) Hold(
 	lease string,
 ) (bool, error) {
 	var held bool
-	err := s.db.bdb.Update(func(tx *bolt.Tx) error {
+	check := func(tx *bolt.Tx) error {
 		b := blobsBucket(tx, ns)
-		if b == nil || b.Bucket([]byte(dgst)) == nil {
-			return nil
+		held = b != nil && b.Bucket([]byte(dgst)) != nil
+		return nil
+	}
+	// Most writers hold no lease: spare them a write transaction.
+	if err := s.db.view(check); err != nil || !held || lease == "" {
+		return held, err
+	}
+	err := s.db.bdb.Update(func(tx *bolt.Tx) error {
+		if err := check(tx); err != nil || !held {
+			return err
 		}
-		held = true
 		return attach(tx, ns, lease, resourceContent, dgst.String())
 	})
 	return held, err
