@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,6 +53,13 @@ func setup(b *testing.B) *bench {
 	}
 	image := testkit.BusyboxImage(b)
 	be := &bench{d: testkit.StartContainerd(b, dir), ns: "bench"}
+	b.Cleanup(func() {
+		// ctr puts containers in the cgroup /<namespace>/<id>.
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + be.ns)
+		for _, d := range append(dirs, "/sys/fs/cgroup/"+be.ns) {
+			_ = syscall.Rmdir(d)
+		}
+	})
 	be.ctr(b, "images", "import", "--base-name", "busybox", image)
 	return be
 }

@@ -106,6 +106,23 @@ func (e *env) sweep() {
 	for _, id := range strings.Fields(out) {
 		_, _ = e.try("containers", "rm", id)
 	}
+	removeCgroups(e.ns)
+}
+
+// removeCgroups removes the empty cgroup directories named parent that
+// the test's containers left (ctr puts a container in /<namespace>/<id>).
+func removeCgroups(parent string) {
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + parent)
+	if st, err := os.Stat("/sys/fs/cgroup/" + parent); err == nil && st.IsDir() {
+		dirs = append(dirs, "/sys/fs/cgroup/"+parent)
+	}
+	for _, dir := range dirs {
+		subs, _ := filepath.Glob(dir + "/*/")
+		for _, sub := range subs {
+			_ = syscall.Rmdir(sub)
+		}
+		_ = syscall.Rmdir(dir)
+	}
 }
 
 // ctr runs ctr in the test namespace and fails the test on error.
