@@ -111,7 +111,8 @@ type GC struct {
 	started atomic.Bool
 
 	wakeMu sync.Mutex
-	wakeAt time.Time
+	wakeAt time.Time // when the expiry timer fires, zero for never
+	hint   time.Time // soonest expiry told by ExpireAt since the last mark
 
 	runs     prometheus.Counter
 	duration prometheus.Histogram
@@ -203,7 +204,9 @@ func (g *GC) Run(ctx context.Context) error {
 		g.duration.Observe(time.Since(start).Seconds())
 	}()
 
-	// Mark and sweep the records in one transaction.
+	// Mark and sweep the records in one transaction, which sees every
+	// lease told about so far.
+	g.takeHint()
 	var res sweepResult
 	err := g.db.bdb.Update(func(tx *bolt.Tx) error {
 		var err error
@@ -284,25 +287,42 @@ func (g *GC) Schedule() {
 func (g *GC) ExpireAt(t time.Time) {
 	g.wakeMu.Lock()
 	defer g.wakeMu.Unlock()
-	if !g.wakeAt.IsZero() && !t.Before(g.wakeAt) {
-		return
+	g.hint = earliest(g.hint, t)
+	if w := earliest(g.wakeAt, t); !w.Equal(g.wakeAt) {
+		g.wakeAt = w
+		g.signalRearm()
 	}
-	g.wakeAt = t
+}
+
+// takeHint forgets the expiries told so far, before a mark that reads them.
+func (g *GC) takeHint() {
+	g.wakeMu.Lock()
+	g.hint = time.Time{}
+	g.wakeMu.Unlock()
+}
+
+// setWake sets the expiry timer to t (zero for none) or to an expiry told
+// since the last mark began, whichever comes first.
+func (g *GC) setWake(t time.Time) {
+	g.wakeMu.Lock()
+	defer g.wakeMu.Unlock()
+	g.wakeAt = earliest(t, g.hint)
+	g.signalRearm()
+}
+
+func (g *GC) signalRearm() {
 	select {
 	case g.rearm <- struct{}{}:
 	default:
 	}
 }
 
-// setWake sets the time of the next lease expiry, zero for none.
-func (g *GC) setWake(t time.Time) {
-	g.wakeMu.Lock()
-	g.wakeAt = t
-	g.wakeMu.Unlock()
-	select {
-	case g.rearm <- struct{}{}:
-	default:
+// earliest returns the earlier of a and b, a zero time counting as never.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
 	}
+	return a
 }
 
 // Start runs the background collector: a collection after each burst of

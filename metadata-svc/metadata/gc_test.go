@@ -541,3 +541,36 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestGCExpireAtWakes(t *testing.T) {
+	db := openTestDB(t)
+	gc := NewGC(db, newFakeBlobs("a"))
+	if err := gc.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { gc.Close() })
+
+	// A lease made after Start is collected at its expiry once told.
+	exp := time.Now().Add(time.Second).Truncate(time.Second)
+	seeds(seedLease("l", LabelExpire, exp.Format(time.RFC3339)), seedLeasedBlob("l", "a"))(t, db)
+	gc.ExpireAt(exp)
+	waitFor(t, func() bool { return len(remaining(t, db, "ns")) == 0 })
+}
+
+func TestEarliest(t *testing.T) {
+	t1 := time.Unix(1, 0)
+	t2 := time.Unix(2, 0)
+	var never time.Time
+	tests := []struct{ a, b, want time.Time }{
+		{never, never, never},
+		{never, t1, t1},
+		{t1, never, t1},
+		{t1, t2, t1},
+		{t2, t1, t1},
+	}
+	for _, tt := range tests {
+		if got := earliest(tt.a, tt.b); !got.Equal(tt.want) {
+			t.Errorf("earliest(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
