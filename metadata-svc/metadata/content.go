@@ -174,7 +174,7 @@ func (s *ContentStore) Hold(
 		held = b != nil && b.Bucket([]byte(dgst)) != nil
 		return nil
 	}
-	// Most writers hold no lease: spare them a write transaction.
+	// A writer without a lease needs no write transaction.
 	if err := s.db.view(check); err != nil || !held || lease == "" {
 		return held, err
 	}

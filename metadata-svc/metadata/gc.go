@@ -42,6 +42,9 @@ const (
 	DefaultGCDelay = 100 * time.Millisecond
 	// gcTimeout bounds one background collection.
 	gcTimeout = 5 * time.Minute
+	// gcRetryDelay is how long a failed background collection waits before
+	// it runs again, as what it could not delete is still there.
+	gcRetryDelay = time.Minute
 	// expiryMargin is added to a lease's expiry before the timer fires, so
 	// that the lease is past it when the collection looks.
 	expiryMargin = 10 * time.Millisecond
@@ -381,15 +384,20 @@ func (g *GC) loop() {
 	defer close(g.done)
 	debounce := stoppedTimer()
 	expiry := stoppedTimer()
+	var pending bool // debounce is running
 	for {
 		select {
 		case <-g.stop:
 			return
 		case <-g.trigger:
-			debounce.Reset(g.delay)
+			if !pending {
+				pending = true
+				debounce.Reset(g.delay)
+			}
 		case <-g.rearm:
 			g.armExpiry(expiry)
 		case <-debounce.C:
+			pending = false
 			g.runBackground()
 		case <-expiry.C:
 			g.runBackground()
@@ -419,6 +427,7 @@ func (g *GC) runBackground() {
 	}()
 	if err := g.Run(ctx); err != nil {
 		g.log.Error().Err(err).Msg("garbage collection")
+		time.AfterFunc(gcRetryDelay, g.Schedule)
 	}
 }
 
