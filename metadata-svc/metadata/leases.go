@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
 	"github.com/containerd/errdefs"
@@ -15,7 +17,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"corral.dev/pluginkit/filters"
-	"corral.dev/pluginkit/identifiers"
 )
 
 // Labels of a lease that the collector reads.
@@ -86,7 +87,7 @@ func (s *LeaseStore) Create(
 }
 
 func createLease(tx *bolt.Tx, ns string, l *leasesapi.Lease) error {
-	if err := identifiers.Validate(l.ID); err != nil {
+	if err := validateLeaseID(l.ID); err != nil {
 		return fmt.Errorf("create lease: %w", err)
 	}
 	nb, err := ensureNamespace(tx, ns)
@@ -391,4 +392,24 @@ func leaseExpiry(l *leasesapi.Lease) (time.Time, bool) {
 // does not.
 func LeaseExpiry(labels map[string]string) (time.Time, bool) {
 	return leaseExpiry(&leasesapi.Lease{Labels: labels})
+}
+
+// maxLeaseIDLength bounds lease ids; containerd's clients make ids of about
+// fifteen characters.
+const maxLeaseIDLength = 256
+
+// validateLeaseID accepts the ids containerd's clients make. They are not
+// identifiers: the Go client's random ids ("<nanos>-<base64url>") may hold
+// "_" and "-" side by side, so only emptiness, length and control
+// characters are refused.
+func validateLeaseID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("lease id must not be empty: %w", errdefs.ErrInvalidArgument)
+	case len(id) > maxLeaseIDLength:
+		return fmt.Errorf("lease id %.32q... is longer than %d bytes: %w", id, maxLeaseIDLength, errdefs.ErrInvalidArgument)
+	case !utf8.ValidString(id) || strings.IndexFunc(id, unicode.IsControl) >= 0:
+		return fmt.Errorf("lease id %q must be printable text: %w", id, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }

@@ -25,7 +25,9 @@ func TestLeaseCreate(t *testing.T) {
 		{name: "with id", id: "l2", labels: pairs("a", "1")},
 		{name: "generated id"},
 		{name: "existing", id: "l1", wantErr: errdefs.ErrAlreadyExists, wantMsg: `lease "l1": already exists`},
-		{name: "bad id", id: "a/../b", wantErr: errdefs.ErrInvalidArgument},
+		{name: "go client random id", id: "318456861-_q5E"},
+		{name: "control character", id: "a\x00b", wantErr: errdefs.ErrInvalidArgument},
+		{name: "too long", id: strings.Repeat("l", maxLeaseIDLength+1), wantErr: errdefs.ErrInvalidArgument},
 		{
 			name:    "label too big",
 			id:      "l3",
