@@ -57,8 +57,12 @@ func New(address, namespace string, log zerolog.Logger) *Publisher {
 	return p
 }
 
-// Publish queues event under topic; it never blocks on the daemon.
+// Publish queues event under topic; it never blocks on the daemon. A
+// Publisher without an address drops its events.
 func (p *Publisher) Publish(topic string, event proto.Message) {
+	if p.address == "" {
+		return
+	}
 	a, err := typeurl.MarshalAnyToProto(event)
 	if err != nil {
 		p.log.Error().Err(err).Str("topic", topic).Msg("marshal event")
@@ -112,7 +116,12 @@ func (p *Publisher) run() {
 			env := p.queue[0]
 			p.mu.Unlock()
 
-			if err := p.send(env); err != nil && !rejected(err) {
+			err := p.send(env)
+			switch {
+			case err == nil:
+			case rejected(err):
+				p.log.Warn().Err(err).Str("topic", env.Topic).Msg("daemon rejected event")
+			default:
 				p.log.Debug().Err(err).Str("topic", env.Topic).Msg("forward event, will retry")
 				time.Sleep(backoff)
 				backoff = min(backoff*2, 2*time.Second)
