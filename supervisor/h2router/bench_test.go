@@ -2,6 +2,8 @@ package h2router
 
 import (
 	"context"
+	"errors"
+	"io"
 	"net"
 	"path/filepath"
 	"runtime"
@@ -9,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
@@ -103,6 +106,35 @@ func BenchmarkParallel16(b *testing.B) {
 			})
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "calls/s")
 			b.ReportMetric(float64((cpuTime()-cpu).Microseconds())/float64(b.N), "cpu-us/op")
+		})
+	}
+}
+
+// BenchmarkRead streams 64 MiB in 1 MiB messages per op, the shape of a
+// content Read.
+func BenchmarkRead(b *testing.B) {
+	targets := benchTargets(b)
+	const size = 64 << 20
+	for _, name := range []string{"direct", "grpcrouter", "h2router"} {
+		client := contentapi.NewContentClient(targets[name])
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(size)
+			cpu := cpuTime()
+			for b.Loop() {
+				rs, err := client.Read(nsCtx(), &contentapi.ReadContentRequest{Size: size, Offset: 1 << 20})
+				if err != nil {
+					b.Fatal(err)
+				}
+				for {
+					if _, err := rs.Recv(); err != nil {
+						if !errors.Is(err, io.EOF) {
+							b.Fatal(err)
+						}
+						break
+					}
+				}
+			}
+			b.ReportMetric(float64((cpuTime()-cpu).Milliseconds())/float64(b.N), "cpu-ms/op")
 		})
 	}
 }

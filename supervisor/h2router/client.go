@@ -284,7 +284,6 @@ func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 		contentLen: -1,
 	}
 	s.replayUntil = s.start.Add(r.opts.ReplayTimeout)
-	s.replayable = !r.methods.clientStreams(path) && !r.isLocal(s.service)
 	// The frame is ours: its fields are filtered in place.
 	s.fields = f.Fields[:0]
 	for _, hf := range f.Fields {
@@ -305,6 +304,8 @@ func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 		}
 		s.fields = append(s.fields, hf)
 	}
+	local := s.target == "" && r.local[s.service]
+	s.replayable = !local && !r.methods.clientStreams(path)
 	if s.replayable {
 		s.fields = append(s.fields, hpack.HeaderField{Name: pluginkit.CallIDKey, Value: r.callID()})
 	}
@@ -313,7 +314,7 @@ func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 	c.streams[s.cid] = s
 	s.downWin = c.p.initWin
 	c.p.mu.Unlock()
-	if r.opts.ByTarget && s.target == "" {
+	if r.opts.ByTarget && s.target == "" && !local {
 		s.fail(&c.fl, codes.InvalidArgument, fmt.Sprintf("internal call %s names no plugin", path))
 		return
 	}

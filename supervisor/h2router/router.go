@@ -56,7 +56,7 @@ type TryBackends interface {
 // Options configure a Router.
 type Options struct {
 	// ByTarget routes by the pluginkit.TargetKey header (the internal
-	// socket) instead of by service.
+	// socket) instead of by service; calls without one go to Local.
 	ByTarget bool
 	// ReplayTimeout bounds how long a call is replayed after its plugin died.
 	ReplayTimeout time.Duration
@@ -357,10 +357,6 @@ func (r *Router) dial(ctx context.Context, addr net.Addr) (net.Conn, error) {
 	}
 	var d net.Dialer
 	return d.DialContext(ctx, addr.Network(), addr.String())
-}
-
-func (r *Router) isLocal(service string) bool {
-	return !r.opts.ByTarget && r.local[service]
 }
 
 // callID returns a new corral-call-id value.
