@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,7 +35,6 @@ type procIO struct {
 	socket  *runc.Socket
 	console console.Console
 	in      *stdinCopy
-	outs    sync.WaitGroup
 	cancels []context.CancelFunc
 }
 
@@ -78,7 +76,7 @@ func withoutStdin(drop bool) runc.IOOpt {
 	}
 }
 
-// createOpts fills runc's IO or console socket.
+// runcIO is what runc gets: the pipes, or the console socket.
 func (p *procIO) runcIO() (runc.IO, runc.ConsoleSocket) {
 	if p.socket != nil {
 		return nil, p.socket
@@ -122,9 +120,7 @@ func (p *procIO) copyOut(path string, src io.Reader) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancels = append(p.cancels, cancel)
-	p.outs.Add(1)
 	go func() {
-		defer p.outs.Done()
 		w, err := openWriter(ctx, path)
 		if err != nil {
 			_, _ = io.Copy(io.Discard, src)
