@@ -33,6 +33,8 @@ const (
 	DefaultLogFormat       = "text"
 	DefaultCallWaitTimeout = 30 * time.Second
 	DefaultRestartBackoff  = 10 * time.Second
+	// DefaultRouter is the public socket's router, "grpc" or "h2".
+	DefaultRouter = "grpc"
 )
 
 // Config is the supervisor's configuration.
@@ -123,6 +125,9 @@ type PluginHostConfig struct {
 	CallWaitTimeout Duration `toml:"call_wait_timeout"`
 	// RestartBackoffMax caps the delay between restarts of a crashing plugin.
 	RestartBackoffMax Duration `toml:"restart_backoff_max"`
+	// Router picks the router of the public and internal sockets: "grpc"
+	// (a grpc-go stream proxy) or "h2" (forwarding at the HTTP/2 level).
+	Router string `toml:"router"`
 }
 
 // PluginConfig is the configuration of one plugin.
@@ -180,6 +185,7 @@ func Default(plugins []pluginkit.Plugin) *Config {
 		PluginHost: PluginHostConfig{
 			CallWaitTimeout:   Duration(DefaultCallWaitTimeout),
 			RestartBackoffMax: Duration(DefaultRestartBackoff),
+			Router:            DefaultRouter,
 		},
 		Plugins: make(map[string]PluginConfig, len(plugins)),
 	}

@@ -97,6 +97,22 @@ func TestDefaultRoundTrip(t *testing.T) {
 	}
 }
 
+func TestRouter(t *testing.T) {
+	for _, tt := range []struct{ doc, want string }{
+		{"", "grpc"},
+		{"[plugin_host]\nrouter = \"h2\"\n", "h2"},
+		{"[plugin_host]\nrouter = \"grpc\"\n", "grpc"},
+	} {
+		c, _, err := Load(writeFile(t, tt.doc), true, testPlugins)
+		if err != nil {
+			t.Fatalf("Load(%q) error: %v", tt.doc, err)
+		}
+		if c.PluginHost.Router != tt.want {
+			t.Errorf("Load(%q) router = %q, want %q", tt.doc, c.PluginHost.Router, tt.want)
+		}
+	}
+}
+
 func TestDefaultValues(t *testing.T) {
 	c := Default(testPlugins)
 	if c.Version != 2 || c.Root != "/var/lib/containerd" || c.State != "/run/containerd" {
@@ -341,6 +357,8 @@ func TestLoadErrors(t *testing.T) {
 			"line 2: plugin_host.restart_backoff_max: 0s is not a positive duration"}},
 		{"negative duration", "[plugin_host]\ncall_wait_timeout = \"-1s\"\n",
 			[]string{"plugin_host.call_wait_timeout: -1s is not"}},
+		{"unknown router", "[plugin_host]\nrouter = \"fast\"\n",
+			[]string{`line 2: plugin_host.router: unknown router "fast" (grpc or h2)`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

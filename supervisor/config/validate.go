@@ -70,6 +70,9 @@ func (c *Config) problems() []problem {
 	c.debugProblems(add)
 	checkDuration(add, "call_wait_timeout", c.PluginHost.CallWaitTimeout)
 	checkDuration(add, "restart_backoff_max", c.PluginHost.RestartBackoffMax)
+	if r := c.PluginHost.Router; r != "grpc" && r != "h2" {
+		add(fmt.Sprintf("unknown router %q (grpc or h2)", r), "plugin_host", "router")
+	}
 	return probs
 }
 

@@ -29,6 +29,7 @@ import (
 	adminv1 "corral.dev/proto/admin/v1"
 	"corral.dev/supervisor/config"
 	"corral.dev/supervisor/events"
+	"corral.dev/supervisor/h2router"
 	"corral.dev/supervisor/host"
 	"corral.dev/supervisor/router"
 )
@@ -88,6 +89,10 @@ type daemon struct {
 	https    []*http.Server
 	sockets  []string
 	errs     chan error
+
+	// The routers of the public and internal sockets when [plugin_host]
+	// router = "h2"; public and internal stay nil then.
+	publicH2, internalH2 *h2router.Router
 }
 
 // prepare checks what can be checked before anything is created, then makes
@@ -193,15 +198,13 @@ func (d *daemon) serve(ctx context.Context) error {
 	exchange := events.NewExchange(d.log)
 
 	// Plugins publish events as they start, so the internal socket comes first.
-	d.internal = d.newInternalServer(exchange)
-	if err := d.listen(d.internal, internalPath, 0o600, os.Getuid(), os.Getgid()); err != nil {
+	if err := d.serveInternal(exchange, internalPath); err != nil {
 		return err
 	}
 	d.host.Start(ctx)
 
 	m := newMetrics(d.host)
-	d.public = d.newPublicServer(exchange, m, uuid)
-	if err := d.listen(d.public, c.GRPC.Address, 0o660, c.GRPC.UID, c.GRPC.GID); err != nil {
+	if err := d.servePublic(exchange, m, uuid); err != nil {
 		return err
 	}
 	if c.Debug.Address != "" {
@@ -241,13 +244,79 @@ func (d *daemon) newPublicServer(exchange *events.Exchange, m *metrics, uuid str
 		grpc.ChainStreamInterceptor(m.streamInterceptor),
 	)
 	s := grpc.NewServer(opts...)
-	versionapi.RegisterVersionServer(s, versionService{})
-	introspectionapi.RegisterIntrospectionServer(s, &introspectionService{host: d.host, uuid: uuid})
-	eventsapi.RegisterEventsServer(s, exchange)
-	adminv1.RegisterAdminServer(s, &adminService{host: d.host})
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(s, hs)
+	registerPublic(s, d.host, exchange, uuid)
 	return s
+}
+
+// registerPublic registers the supervisor's own public services on s.
+func registerPublic(s *grpc.Server, h *host.Host, exchange *events.Exchange, uuid string) {
+	versionapi.RegisterVersionServer(s, versionService{})
+	introspectionapi.RegisterIntrospectionServer(s, &introspectionService{host: h, uuid: uuid})
+	eventsapi.RegisterEventsServer(s, exchange)
+	adminv1.RegisterAdminServer(s, &adminService{host: h})
+	healthpb.RegisterHealthServer(s, health.NewServer())
+}
+
+// serveInternal serves the internal socket through the configured router.
+func (d *daemon) serveInternal(exchange *events.Exchange, path string) error {
+	if d.cfg.PluginHost.Router != "h2" {
+		d.internal = d.newInternalServer(exchange)
+		return d.listen(d.internal, path, 0o600, os.Getuid(), os.Getgid())
+	}
+	local := grpc.NewServer(
+		grpc.MaxRecvMsgSize(pluginkit.MaxMsgSize),
+		grpc.MaxSendMsgSize(pluginkit.MaxMsgSize),
+	)
+	eventsapi.RegisterEventsServer(local, exchange)
+	d.internalH2 = h2router.New(d.host, h2router.Options{
+		ByTarget:       true,
+		ReplayTimeout:  d.cfg.CallWaitTimeout(),
+		MaxRecvMsgSize: pluginkit.MaxMsgSize,
+		MaxSendMsgSize: pluginkit.MaxMsgSize,
+		Local:          local,
+		Log:            d.log,
+	})
+	return d.serveH2(d.internalH2, path, 0o600, os.Getuid(), os.Getgid())
+}
+
+// serveH2 serves an h2router on a new unix socket.
+func (d *daemon) serveH2(r *h2router.Router, path string, mode os.FileMode, uid, gid int) error {
+	l, err := listenUnix(path, mode, uid, gid)
+	if err != nil {
+		return err
+	}
+	d.sockets = append(d.sockets, path)
+	go func() {
+		if err := r.Serve(l); err != nil {
+			d.errs <- fmt.Errorf("serve %s: %w", path, err)
+		}
+	}()
+	return nil
+}
+
+// servePublic serves the public socket through the configured router.
+func (d *daemon) servePublic(exchange *events.Exchange, m *metrics, uuid string) error {
+	c := d.cfg
+	if c.PluginHost.Router != "h2" {
+		d.public = d.newPublicServer(exchange, m, uuid)
+		return d.listen(d.public, c.GRPC.Address, 0o660, c.GRPC.UID, c.GRPC.GID)
+	}
+	// The supervisor's own services sit behind the router, which counts
+	// every call itself.
+	local := grpc.NewServer(
+		grpc.MaxRecvMsgSize(c.GRPC.MaxRecvMessageSize),
+		grpc.MaxSendMsgSize(c.GRPC.MaxSendMessageSize),
+	)
+	registerPublic(local, d.host, exchange, uuid)
+	d.publicH2 = h2router.New(d.host, h2router.Options{
+		ReplayTimeout:  c.CallWaitTimeout(),
+		MaxRecvMsgSize: c.GRPC.MaxRecvMessageSize,
+		MaxSendMsgSize: c.GRPC.MaxSendMessageSize,
+		Local:          local,
+		Observe:        m.observe,
+		Log:            d.log,
+	})
+	return d.serveH2(d.publicH2, c.GRPC.Address, 0o660, c.GRPC.UID, c.GRPC.GID)
 }
 
 func (d *daemon) listen(s *grpc.Server, path string, mode os.FileMode, uid, gid int) error {
@@ -295,11 +364,19 @@ func (d *daemon) close() {
 	if d.public != nil {
 		gracefulStop(d.public)
 	}
+	if d.publicH2 != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		d.publicH2.GracefulStop(ctx)
+		cancel()
+	}
 	if d.host != nil {
 		d.host.Stop()
 	}
 	if d.internal != nil {
 		d.internal.Stop()
+	}
+	if d.internalH2 != nil {
+		d.internalH2.Stop()
 	}
 	for _, s := range d.sockets {
 		os.Remove(s)
