@@ -35,12 +35,6 @@ import (
 // contentDir is where content-svc keeps its files under a daemon's root.
 const contentDir = "io.containerd.content.v1.content"
 
-// leaseIDRefused is how metadata-svc refuses a lease id that ctr made up
-// with base64 URL characters ("174807730-6El_"); containerd takes any id.
-// TestLeaseClientIDs shows it; ctr commands that make such a lease are run
-// again rather than failing tests about something else.
-const leaseIDRefused = "create lease: identifier"
-
 // ns runs ctr in namespace ns against d and returns its stdout, failing t
 // if it fails.
 func (c ctrTool) ns(t *testing.T, d *daemon, ns string, args ...string) string {
@@ -56,15 +50,7 @@ func (c ctrTool) ns(t *testing.T, d *daemon, ns string, args ...string) string {
 // try runs ctr in namespace ns against d and returns how it ended.
 func (c ctrTool) try(t *testing.T, d *daemon, ns string, args ...string) result {
 	t.Helper()
-	full := append([]string{"--address", d.Socket, "--namespace", ns}, args...)
-	for range 5 {
-		r := run(c.path, full...)
-		if r.Err == nil || !strings.Contains(r.Stderr, leaseIDRefused) {
-			return r
-		}
-		t.Logf("%s %s: lease id refused, running it again: %s", c.name, strings.Join(args, " "), strings.TrimSpace(r.Stderr))
-	}
-	return run(c.path, full...)
+	return run(c.path, append([]string{"--address", d.Socket, "--namespace", ns}, args...)...)
 }
 
 // command returns ctr in namespace ns against d, not started.
@@ -157,10 +143,6 @@ func withLease(t *testing.T, c *client.Client, ctx context.Context) (context.Con
 	t.Helper()
 	lm := c.LeasesService()
 	l, err := lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(time.Hour))
-	for i := 0; err != nil && strings.Contains(err.Error(), "identifier") && i < 5; i++ {
-		// See leaseIDRefused.
-		l, err = lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(time.Hour))
-	}
 	if err != nil {
 		t.Fatalf("create lease: %v", err)
 	}
