@@ -144,3 +144,55 @@ func benchRead(b *testing.B, c contentapi.ContentClient, ctx context.Context) {
 		}
 	}
 }
+
+// readAtSize is the size of the reads ctr content get makes: it reads
+// through io.Copy's 32 KiB buffer, one Read call each.
+const readAtSize = 32 << 10
+
+// BenchmarkReadAt reads a 256 MiB blob as ctr content get does, one Read
+// call per 32 KiB.
+func BenchmarkReadAt(b *testing.B) {
+	benchReadAt(b, serve(b, b.TempDir()).client(b), context.Background())
+}
+
+func BenchmarkLiveReadAt(b *testing.B) {
+	c, ctx := live(b)
+	benchReadAt(b, c, ctx())
+}
+
+func benchReadAt(b *testing.B, c contentapi.ContentClient, ctx context.Context) {
+	data := benchBlob()
+	dgst := digest.FromBytes(data)
+	err := ingest(ctx, c, "bench", data, dgst)
+	if err != nil && !errdefs.IsAlreadyExists(errgrpc.ToNative(err)) {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		c.Delete(ctx, &contentapi.DeleteContentRequest{Digest: dgst.String()})
+	})
+	b.SetBytes(benchSize)
+	b.ResetTimer()
+	for b.Loop() {
+		for off := int64(0); off < benchSize; off += readAtSize {
+			if err := readRange(ctx, c, dgst, off, readAtSize); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// readRange reads size bytes of dgst at off with one Read call.
+func readRange(ctx context.Context, c contentapi.ContentClient, dgst digest.Digest, off, size int64) error {
+	rs, err := c.Read(ctx, &contentapi.ReadContentRequest{Digest: dgst.String(), Offset: off, Size: size})
+	if err != nil {
+		return err
+	}
+	for {
+		if _, err := rs.Recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}

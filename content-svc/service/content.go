@@ -24,9 +24,27 @@ import (
 const (
 	// ReadChunkSize is the most data one Read reply carries.
 	ReadChunkSize = 1 << 20
+	// smallChunk is the most data a reply carries when less than
+	// smallReadMax is left to send: the reply then fits gRPC's 32 KiB
+	// buffer tier.
+	smallChunk   = 32<<10 - 64
+	smallReadMax = 256 << 10
 	// listBatch is the most infos one List reply carries.
 	listBatch = 128
 )
+
+// chunkSize returns how many of the n bytes left to read the next Read
+// reply carries. grpc-go encodes and receives each message in a pooled
+// buffer of the next size tier (..., 32 KiB, 1 MiB), cleared in full, in
+// every process the reply crosses: a reply just over 32 KiB costs a 1 MiB
+// clear each time. ctr reads 32 KiB per call, so small reads go out in
+// pieces that fit the 32 KiB tier.
+func chunkSize(n int64) int64 {
+	if n >= smallReadMax {
+		return min(n, ReadChunkSize)
+	}
+	return min(n, smallChunk)
+}
 
 // readBufs holds the buffers of Read streams.
 var readBufs = sync.Pool{New: func() any { return new([ReadChunkSize]byte) }}
@@ -183,7 +201,7 @@ func (c *Content) read(req *api.ReadContentRequest, stream api.Content_ReadServe
 	buf := readBufs.Get().(*[ReadChunkSize]byte)
 	defer readBufs.Put(buf)
 	for start := off; off < end; {
-		n, err := f.ReadAt(buf[:min(end-off, ReadChunkSize)], off)
+		n, err := f.ReadAt(buf[:chunkSize(end-off)], off)
 		if n > 0 {
 			resp := &api.ReadContentResponse{Offset: off - start, Data: buf[:n]}
 			if serr := stream.Send(resp); serr != nil {

@@ -170,3 +170,20 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("lint = %v, %v", problems, err)
 	}
 }
+
+func TestChunkSize(t *testing.T) {
+	tests := []struct{ left, want int64 }{
+		{1, 1},
+		{32 << 10, smallChunk},
+		{smallChunk, smallChunk},
+		{smallReadMax - 1, smallChunk},
+		{smallReadMax, smallReadMax},
+		{ReadChunkSize + 1, ReadChunkSize},
+		{10 << 20, ReadChunkSize},
+	}
+	for _, tt := range tests {
+		if got := chunkSize(tt.left); got != tt.want {
+			t.Errorf("chunkSize(%d) = %d, want %d", tt.left, got, tt.want)
+		}
+	}
+}
