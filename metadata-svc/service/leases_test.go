@@ -36,7 +36,7 @@ func TestLeasesService(t *testing.T) {
 	}
 	_, err = env.leases.Create(ctx, &leasesapi.CreateRequest{ID: id})
 	checkClass(t, "Create existing", err, errdefs.ErrAlreadyExists)
-	_, err = env.leases.Create(ctx, &leasesapi.CreateRequest{ID: "bad/id"})
+	_, err = env.leases.Create(ctx, &leasesapi.CreateRequest{ID: "bad\nid"})
 	checkClass(t, "Create bad id", err, errdefs.ErrInvalidArgument)
 	_, err = env.leases.Create(context.Background(), &leasesapi.CreateRequest{ID: "x"})
 	checkClass(t, "Create without namespace", err, errdefs.ErrFailedPrecondition)
