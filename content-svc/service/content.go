@@ -192,7 +192,8 @@ func (c *Content) read(req *api.ReadContentRequest, stream api.Content_ReadServe
 
 	off, end := req.GetOffset(), info.Size
 	if off < 0 || off > end {
-		return fmt.Errorf("read content %s at %d: size is %d: %w", info.Digest, off, end, errdefs.ErrOutOfRange)
+		return fmt.Errorf("read content %s at %d: size is %d: %w",
+			info.Digest, off, end, errdefs.ErrOutOfRange)
 	}
 	if size := req.GetSize(); size > 0 && size < end-off {
 		end = off + size

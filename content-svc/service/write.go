@@ -66,7 +66,8 @@ type writeSession struct {
 // openSession opens the writer the first message of a stream asks for.
 func (c *Content) openSession(req *api.WriteContentRequest) (*writeSession, error) {
 	if req.GetRef() == "" {
-		return nil, fmt.Errorf("open writer: first message must have a ref: %w", errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("open writer: first message must have a ref: %w",
+			errdefs.ErrInvalidArgument)
 	}
 	ws := &writeSession{total: req.GetTotal(), expected: digest.Digest(req.GetExpected())}
 	w, err := c.store.Writer(req.GetRef(), ws.total, ws.expected)

@@ -125,7 +125,7 @@ func (s *Store) loadIngest(ref string, total int64) (*ingest, error) {
 		err = fmt.Errorf("size %d differs from the ingest's %d", total, in.total)
 	}
 
-	s.log.Info().Err(err).Str("key", ref).Msg("restart ingest")
+	s.log.Warn().Err(err).Str("key", ref).Msg("restart ingest")
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, ingestError("reset", ref, err)
 	}
@@ -194,7 +194,7 @@ func (w *Writer) Append(p []byte) (int, error) {
 
 func (w *Writer) write(p []byte, owned bool) (int, error) {
 	if w.done {
-		return 0, fmt.Errorf("write ingest %s: already committed: %w", w.in.ref, errdefs.ErrFailedPrecondition)
+		return 0, w.committedError("write")
 	}
 	if err := w.fw.append(p, owned); err != nil {
 		return 0, ingestError("write", w.in.ref, err)
@@ -211,6 +211,11 @@ func (w *Writer) advance(n int64) {
 	w.mu.Unlock()
 }
 
+// committedError is the error of doing op on a writer after its commit.
+func (w *Writer) committedError(op string) error {
+	return fmt.Errorf("%s ingest %s: already committed: %w", op, w.in.ref, errdefs.ErrFailedPrecondition)
+}
+
 // Truncate drops every byte written so far; only a size of 0 is supported.
 func (w *Writer) Truncate(size int64) error {
 	if size != 0 {
@@ -218,7 +223,7 @@ func (w *Writer) Truncate(size int64) error {
 			w.in.ref, size, errdefs.ErrInvalidArgument)
 	}
 	if w.done {
-		return fmt.Errorf("truncate ingest %s: already committed: %w", w.in.ref, errdefs.ErrFailedPrecondition)
+		return w.committedError("truncate")
 	}
 	w.fw.reset(0)
 	if err := w.f.Truncate(0); err != nil {
@@ -244,7 +249,7 @@ func (w *Writer) Truncate(size int64) error {
 // the blob and its directory entry are on disk.
 func (w *Writer) Commit(size int64, expected digest.Digest) (digest.Digest, error) {
 	if w.done {
-		return "", fmt.Errorf("commit ingest %s: already committed: %w", w.in.ref, errdefs.ErrFailedPrecondition)
+		return "", w.committedError("commit")
 	}
 	// Put every byte on disk.
 	if err := w.fw.flush(); err != nil {

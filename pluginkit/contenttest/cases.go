@@ -343,7 +343,8 @@ func testStatusAndAbort(s *suite) {
 	if err != nil {
 		s.t.Fatalf("Status = %v", err)
 	}
-	if got := resp.GetStatus(); got.GetRef() != refs[1] || got.GetOffset() != 20 || got.GetTotal() != 100 {
+	got := resp.GetStatus()
+	if got.GetRef() != refs[1] || got.GetOffset() != 20 || got.GetTotal() != 100 {
 		s.t.Errorf("Status = %v, want ref %s offset 20 total 100", got, refs[1])
 	}
 	s.wantStatuses(ctx, "ref=="+refs[0], refs[0])

@@ -113,7 +113,9 @@ func (s *suite) openWrite() *stream {
 }
 
 // do sends req and returns the reply, or the error the stream ended with.
-func (st *stream) do(req *contentapi.WriteContentRequest) (*contentapi.WriteContentResponse, error) {
+func (st *stream) do(
+	req *contentapi.WriteContentRequest,
+) (*contentapi.WriteContentResponse, error) {
 	if err := st.w.Send(req); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
@@ -153,7 +155,11 @@ func stat(ref string, total int64, expected digest.Digest) *contentapi.WriteCont
 }
 
 func write(offset int64, data []byte) *contentapi.WriteContentRequest {
-	return &contentapi.WriteContentRequest{Action: contentapi.WriteAction_WRITE, Offset: offset, Data: data}
+	return &contentapi.WriteContentRequest{
+		Action: contentapi.WriteAction_WRITE,
+		Offset: offset,
+		Data:   data,
+	}
 }
 
 func commit(offset, total int64, expected digest.Digest) *contentapi.WriteContentRequest {
