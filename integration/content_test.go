@@ -449,14 +449,19 @@ func contains(list []string, s string) bool {
 }
 
 // TestContentConformance runs the Content conformance suite against the
-// daemon's public socket, in a namespace under a lease.
+// daemon's public socket, in a namespace under a lease, with each sharing
+// policy.
 func TestContentConformance(t *testing.T) {
 	testkit.RequiresRoot(t)
-	d := startDaemon(t, settings{})
-	c := newClient(t, d)
-	ctx, _ := withLease(t, c, nsContext(t, uniqueNS("conformance")))
-	cc := contentapi.NewContentClient(c.Conn().(grpc.ClientConnInterface))
-	contenttest.Run(t, func(*testing.T) contentapi.ContentClient { return cc }, func() context.Context { return ctx })
+	for _, policy := range []string{"shared", "isolated"} {
+		t.Run(policy, func(t *testing.T) {
+			d := startDaemon(t, sharingSettings(policy))
+			c := newClient(t, d)
+			ctx, _ := withLease(t, c, nsContext(t, uniqueNS("conformance")))
+			cc := contentapi.NewContentClient(c.Conn().(grpc.ClientConnInterface))
+			contenttest.Run(t, func(*testing.T) contentapi.ContentClient { return cc }, func() context.Context { return ctx })
+		})
+	}
 }
 
 // sharingSettings configures the content sharing policy.
@@ -530,6 +535,30 @@ func TestContentSharingPolicy(t *testing.T) {
 			}
 			if files := blobFiles(t, d); len(files) != 1 {
 				t.Errorf("blob files %q, want one", files)
+			}
+
+			// ctr ingests with no bytes at all: with "shared" the blob is
+			// adopted and ctr succeeds; with "isolated" ctr runs out of
+			// input and nothing is committed.
+			for _, tool := range ctrTools(t) {
+				ns := uniqueNS(strings.ReplaceAll(tool.name, ".", ""))
+				ctx, _ := withLease(t, c, nsContext(t, ns))
+				ingest := tool.command(d, ns, "content", "ingest",
+					"--expected-size", fmt.Sprint(len(data)), "--expected-digest", dgst.String(), "adopt")
+				out, err := ingest.CombinedOutput() // stdin is /dev/null
+				_, infoErr := cs.Info(ctx, dgst)
+				switch policy {
+				case "shared":
+					if err != nil || infoErr != nil {
+						t.Errorf("%s content ingest of a known blob with no input: %v, then Info: %v; want both to succeed\n%s",
+							tool.name, err, infoErr, out)
+					}
+				case "isolated":
+					if err == nil || !errdefs.IsNotFound(infoErr) {
+						t.Errorf("%s content ingest of a known blob with no input: %v, then Info: %v; want a failure and NotFound\n%s",
+							tool.name, err, infoErr, out)
+					}
+				}
 			}
 		})
 	}
