@@ -260,11 +260,23 @@ func TestRunStdinCloseIO(t *testing.T) {
 	}
 }
 
+// ttyScript prints its terminal and, once ctr has sized it (ResizePty
+// comes after Start), the size; then it exits 5. The pause before the
+// exit is for ctr 1.6, which can drop output that reaches it as its task
+// exits (the shim delivers it: the same happens with containerd's shim).
+const ttyScript = `tty
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+	s=$(stty size 2>/dev/null)
+	[ "$s" = "33 77" ] && echo "$s" && sleep 0.5 && exit 5
+	sleep 0.25
+done
+exit 1`
+
 func TestRunTerminal(t *testing.T) {
 	e := newEnv(t)
 	c := e.cmd("run", "-t", "--rm", "--runtime", runtime, "busybox:latest", "tty",
-		"sh", "-c", "tty; sleep 1; stty size; exit 5")
-	out, err := ptyRun(t, c)
+		"sh", "-c", ttyScript)
+	out, err := ptyRun(t, c, "33 77")
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 5 {
 		t.Fatalf("ctr run -t = %v, want exit 5; output %q", err, out)
@@ -274,8 +286,9 @@ func TestRunTerminal(t *testing.T) {
 	}
 }
 
-// ptyRun runs c on a new 33x77 terminal and returns what it printed.
-func ptyRun(t *testing.T, c *exec.Cmd) (string, error) {
+// ptyRun runs c on a new 33x77 terminal and returns what it printed,
+// giving the terminal up to 5s after c exits to deliver want.
+func ptyRun(t *testing.T, c *exec.Cmd, want string) (string, error) {
 	t.Helper()
 	pty, slave, err := console.NewPty()
 	if err != nil {
@@ -312,13 +325,20 @@ func ptyRun(t *testing.T, c *exec.Cmd) (string, error) {
 		}
 	}()
 	err = c.Run()
-	select {
-	case <-copied:
-	case <-time.After(200 * time.Millisecond):
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		out := buf.String()
+		mu.Unlock()
+		if strings.Contains(out, want) || time.Now().After(deadline) {
+			return out, err
+		}
+		select {
+		case <-copied:
+			return out, err
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	return buf.String(), err
 }
 
 func TestDetachedTaskCommands(t *testing.T) {
@@ -338,7 +358,7 @@ func TestDetachedTaskCommands(t *testing.T) {
 	for range 3 { // an exec leaves nothing behind
 		e.ctr("tasks", "exec", "--exec-id", "e2", "det", "true")
 	}
-	out, err = ptyRun(t, e.cmd("tasks", "exec", "-t", "--exec-id", "e3", "det", "tty"))
+	out, err = ptyRun(t, e.cmd("tasks", "exec", "-t", "--exec-id", "e3", "det", "tty"), "/dev/pts/")
 	if err != nil || !strings.Contains(out, "/dev/pts/") {
 		t.Errorf("tasks exec -t = (%q, %v), want a /dev/pts tty", out, err)
 	}

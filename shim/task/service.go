@@ -117,6 +117,7 @@ func (s *Service) handleExit(e reaper.Exit) {
 		return
 	}
 	if c.init.pid == e.Pid && c.init.setExited(e) {
+		c.init.io.exited()
 		s.log.Debug().Int("pid", e.Pid).Int("status", e.Status).Msg("init exited")
 		if c.init.starting {
 			c.init.heldExit = true
@@ -127,6 +128,9 @@ func (s *Service) handleExit(e reaper.Exit) {
 	}
 	for _, p := range c.execs {
 		if p.pid == e.Pid && p.setExited(e) {
+			if p.io != nil {
+				p.io.exited()
+			}
 			s.publishExit(c, p)
 			return
 		}
@@ -448,6 +452,7 @@ func (s *Service) startExec(
 	if e, ok := s.early[pid]; ok {
 		delete(s.early, pid)
 		p.setExited(e)
+		p.io.exited()
 		s.publishExit(c, p)
 	}
 	s.mu.Unlock()

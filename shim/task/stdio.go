@@ -14,9 +14,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// stdinDrain is how long CloseIO keeps reading a stdin FIFO that has gone
-// quiet, so that bytes the client wrote just before CloseIO still arrive.
-const stdinDrain = 50 * time.Millisecond
+// drainQuiet is how long a stopped copy waits for more bytes: stdin after
+// CloseIO (the client wrote them just before), a terminal after its
+// process exited (the kernel moves them to the master asynchronously).
+const drainQuiet = 50 * time.Millisecond
 
 // copyBuffer is the buffer size of each stream copy.
 const copyBuffer = 8 << 10
@@ -34,7 +35,10 @@ type procIO struct {
 	pipes   runc.IO
 	socket  *runc.Socket
 	console console.Console
-	in      *stdinCopy
+	in      *drainCopy
+	out     *drainCopy // terminal output
+	master  *os.File   // pollable pty master, terminal only
+	peer    *os.File   // the terminal's other end, held open
 	cancels []context.CancelFunc
 }
 
@@ -99,15 +103,60 @@ func (p *procIO) started() error {
 		return fmt.Errorf("receive pty master: %w", err)
 	}
 	p.console = con
-	if err := p.copyOut(p.stdout, con); err != nil {
+	if p.master, p.peer, err = pollablePty(con); err != nil {
 		return err
 	}
 	if p.stdin != "" {
-		if p.in, err = startStdin(p.stdin, con, false); err != nil {
+		if p.in, err = startStdin(p.stdin, p.master, false); err != nil {
 			return err
 		}
 	}
+	p.copyTerminal()
 	return nil
+}
+
+// pollablePty returns the pty master as a file the poller drives (it has
+// deadlines) and a descriptor of the terminal itself. Holding the latter
+// keeps the master from reporting EIO, and dropping output still in
+// flight, the moment the process exits.
+func pollablePty(con console.Console) (master, peer *os.File, err error) {
+	fd, err := unix.FcntlInt(con.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dup pty master: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, nil, fmt.Errorf("pty master non-blocking: %w", err)
+	}
+	master = os.NewFile(uintptr(fd), "ptmx")
+	pfd, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TIOCGPTPEER,
+		uintptr(unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC))
+	if errno != 0 {
+		master.Close()
+		return nil, nil, fmt.Errorf("open pty peer: %w", errno)
+	}
+	return master, os.NewFile(pfd, "pts"), nil
+}
+
+// copyTerminal copies the terminal's output into the stdout FIFO until
+// exited stops it.
+func (p *procIO) copyTerminal() {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancels = append(p.cancels, cancel)
+	p.out = newDrainCopy(p.master)
+	go func() {
+		w, err := openWriter(ctx, p.stdout)
+		if err != nil {
+			p.out.run(io.Discard)
+			return
+		}
+		defer w.Close()
+		keep, err := os.OpenFile(p.stdout, os.O_RDONLY|unix.O_NONBLOCK, 0)
+		if err == nil {
+			defer keep.Close()
+		}
+		p.out.run(w)
+	}()
 }
 
 // copyOut copies src into the FIFO at path until src ends, then closes the
@@ -172,7 +221,15 @@ func openWriter(ctx context.Context, path string) (*os.File, error) {
 // closeStdin delivers EOF to the process once pending input is copied.
 func (p *procIO) closeStdin() {
 	if p.in != nil {
-		p.in.close()
+		p.in.stop()
+	}
+}
+
+// exited ends the terminal's output once what the process wrote before it
+// exited has been copied. Without a terminal, the pipes end by themselves.
+func (p *procIO) exited() {
+	if p.out != nil {
+		go p.out.stop()
 	}
 }
 
@@ -192,6 +249,14 @@ func (p *procIO) close() {
 	if p.in != nil {
 		p.in.abort()
 	}
+	if p.out != nil {
+		p.out.abort()
+	}
+	for _, f := range []*os.File{p.master, p.peer} {
+		if f != nil {
+			f.Close()
+		}
+	}
 	if p.socket != nil {
 		p.socket.Close()
 	}
@@ -203,63 +268,73 @@ func (p *procIO) close() {
 	}
 }
 
-// stdinCopy copies a stdin FIFO into the process until CloseIO.
-type stdinCopy struct {
-	f       *os.File
+// drainCopy copies a pollable file into a writer until it is stopped; a
+// stopped copy still takes what arrives until the source is quiet for
+// drainQuiet, so that bytes in flight at the stop are not lost.
+type drainCopy struct {
+	src     *os.File
 	closing atomic.Bool
 	done    chan struct{}
 }
 
-// startStdin opens the FIFO at path read-write, so reads never see EOF
-// while the client comes and goes, and copies it into dst. With closeDst,
-// dst is closed when copying stops.
-func startStdin(path string, dst io.WriteCloser, closeDst bool) (*stdinCopy, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open fifo %s: %w", path, err)
-	}
-	s := &stdinCopy{f: f, done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		buf := make([]byte, copyBuffer)
-		for {
-			n, err := f.Read(buf)
-			if n > 0 {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					break
-				}
-				if s.closing.Load() {
-					_ = f.SetReadDeadline(time.Now().Add(stdinDrain))
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
-		f.Close()
-		if closeDst {
-			dst.Close()
-		}
-	}()
-	return s, nil
+// newDrainCopy prepares a copy from src; run starts it.
+func newDrainCopy(src *os.File) *drainCopy {
+	return &drainCopy{src: src, done: make(chan struct{})}
 }
 
-// close drains what is already in the FIFO, then stops and closes dst.
-func (s *stdinCopy) close() {
-	if s.closing.Swap(true) {
-		<-s.done
-		return
+// run copies into dst until the source ends, fails or is stopped.
+func (c *drainCopy) run(dst io.Writer) {
+	defer close(c.done)
+	buf := make([]byte, copyBuffer)
+	for {
+		n, err := c.src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+			if c.closing.Load() {
+				_ = c.src.SetReadDeadline(time.Now().Add(drainQuiet))
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
-	_ = s.f.SetReadDeadline(time.Now().Add(stdinDrain))
+}
+
+// stop drains the source and waits, a bounded time, for the copy to end.
+func (c *drainCopy) stop() {
+	if !c.closing.Swap(true) {
+		_ = c.src.SetReadDeadline(time.Now().Add(drainQuiet))
+	}
 	select {
-	case <-s.done:
+	case <-c.done:
 	case <-time.After(2 * time.Second):
 	}
 }
 
 // abort stops copying at once.
-func (s *stdinCopy) abort() {
-	s.closing.Store(true)
-	_ = s.f.SetReadDeadline(time.Now())
-	<-s.done
+func (c *drainCopy) abort() {
+	c.closing.Store(true)
+	_ = c.src.SetReadDeadline(time.Now())
+	<-c.done
+}
+
+// startStdin opens the FIFO at path read-write, so reads never see EOF
+// while the client comes and goes, and copies it into dst. With closeDst,
+// dst is closed when copying stops.
+func startStdin(path string, dst io.WriteCloser, closeDst bool) (*drainCopy, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open fifo %s: %w", path, err)
+	}
+	c := newDrainCopy(f)
+	go func() {
+		c.run(dst)
+		f.Close()
+		if closeDst {
+			dst.Close()
+		}
+	}()
+	return c, nil
 }
