@@ -38,7 +38,7 @@ func (r *Router) dialBackend(ctx context.Context, key string, addr net.Addr) (*b
 	b := &backendConn{
 		r:       r,
 		key:     key,
-		p:       newPeer(nc, 0, backendConnWindow),
+		p:       newPeer(nc, 0, backendConnWindow, unblockUp),
 		br:      bufio.NewReaderSize(nc, 64<<10),
 		streams: make(map[uint32]*stream),
 		nextID:  1,
@@ -50,9 +50,7 @@ func (r *Router) dialBackend(ctx context.Context, key string, addr net.Addr) (*b
 
 	var fl flushList
 	b.p.writeControl(&fl, func(fr *http2.Framer) error {
-		if _, err := b.p.bw.WriteString(http2.ClientPreface); err != nil {
-			return err
-		}
+		b.p.out = append(b.p.out, http2.ClientPreface...)
 		err := fr.WriteSettings(
 			http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 			http2.Setting{ID: http2.SettingInitialWindowSize, Val: backendStreamWindow},
@@ -69,6 +67,14 @@ func (r *Router) dialBackend(ctx context.Context, key string, addr net.Addr) (*b
 	fl.flush()
 	go b.readLoop()
 	return b, nil
+}
+
+// unblockUp resumes a call's request bytes after its backend peer drained.
+func unblockUp(s *stream, fl *flushList) {
+	s.mu.Lock()
+	s.blockedUp, s.stalledUp = false, false
+	s.drainUpLocked(fl)
+	s.mu.Unlock()
 }
 
 // usable reports whether new calls may go on b.
@@ -196,10 +202,7 @@ func (b *backendConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 			return errors.New("plugin overflowed the connection window")
 		}
 		for _, s := range blocked {
-			s.mu.Lock()
-			s.blockedUp = false
-			s.drainUpLocked(&b.fl)
-			s.mu.Unlock()
+			unblockUp(s, &b.fl)
 		}
 		return nil
 	}

@@ -45,7 +45,7 @@ type clientConn struct {
 func newClientConn(r *Router, nc net.Conn) *clientConn {
 	c := &clientConn{
 		r:       r,
-		p:       newPeer(nc, r.opts.WriteTimeout, clientConnWindow),
+		p:       newPeer(nc, r.opts.WriteTimeout, clientConnWindow, unblockDown),
 		br:      bufio.NewReaderSize(nc, 64<<10),
 		streams: make(map[uint32]*stream),
 	}
@@ -355,10 +355,7 @@ func (c *clientConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 			return http2.ConnectionError(http2.ErrCodeFlowControl)
 		}
 		for _, s := range blocked {
-			s.mu.Lock()
-			s.blockedDown = false
-			s.drainDownLocked(&c.fl, nil)
-			s.mu.Unlock()
+			unblockDown(s, &c.fl)
 		}
 		return nil
 	}
@@ -380,6 +377,14 @@ func (c *clientConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 		c.resetStream(f.StreamID, http2.ErrCodeFlowControl)
 	}
 	return nil
+}
+
+// unblockDown resumes a call's response bytes after its client peer drained.
+func unblockDown(s *stream, fl *flushList) {
+	s.mu.Lock()
+	s.blockedDown, s.stalledDown = false, false
+	s.drainDownLocked(fl, nil)
+	s.mu.Unlock()
 }
 
 func (c *clientConn) onRST(f *http2.RSTStreamFrame) error {

@@ -1,11 +1,12 @@
 package h2router
 
 import (
-	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -20,14 +21,26 @@ const maxWindow = 1<<31 - 1
 // Its mutex also guards the receive-side accounting of the connection window,
 // which the reader charges and any forwarder credits.
 //
+// Frames go to an output buffer. A flush tries one non-blocking write of
+// it; what the socket does not take is left to the peer's writer goroutine,
+// so that no goroutine forwarding for other calls ever blocks on a peer that
+// does not read. DATA stops at maxOut buffered bytes, as if the window were
+// closed, and resumes once the writer caught up.
+//
 // Lock order: a stream's mutex may be held while taking a peer's; a peer's
 // mutex is never held while taking a stream's or another peer's.
 type peer struct {
 	nc      net.Conn
-	timeout time.Duration // write deadline of one flush; 0 for none
+	raw     syscall.RawConn // nil when nc has no descriptor
+	timeout time.Duration   // bound of one blocked write; 0 for none
+	unblock func(s *stream, fl *flushList)
+	wake    chan struct{}
+	closed  chan struct{}
 
 	mu       sync.Mutex
-	bw       *bufio.Writer
+	out      []byte // frames not yet written
+	spare    []byte
+	writing  bool // the writer goroutine owns out
 	fr       *http2.Framer
 	hbuf     bytes.Buffer
 	henc     *hpack.Encoder
@@ -35,29 +48,57 @@ type peer struct {
 	initWin  int64     // its initial window for each stream
 	maxFrame uint32    // its largest frame
 	blocked  []*stream // streams waiting for sendWin
+	stalled  []*stream // streams waiting for out to drain
 	dirty    bool
-	deadline time.Time // the write deadline set last
-	err      error     // set once writing failed or the connection closed
+	err      error // set once writing failed or the connection closed
 
 	recvAvail   int64 // what the other end may still send us on the connection
 	recvPending int64 // bytes passed on but not yet credited
 	recvWindow  int64 // the connection window we advertise
 }
 
-func newPeer(nc net.Conn, timeout time.Duration, recvWindow int64) *peer {
+// Output buffer limits: DATA waits above maxOut; a peer that lets control
+// frames pile up beyond hardMaxOut (say, a PING flood it never reads the
+// answers to) loses its connection.
+const (
+	maxOut     = 1 << 20
+	hardMaxOut = 16 << 20
+)
+
+func newPeer(nc net.Conn, timeout time.Duration, recvWindow int64, unblock func(*stream, *flushList)) *peer {
 	p := &peer{
 		nc:         nc,
 		timeout:    timeout,
-		bw:         bufio.NewWriterSize(nc, 64<<10),
+		unblock:    unblock,
+		wake:       make(chan struct{}, 1),
+		closed:     make(chan struct{}),
 		sendWin:    65535,
 		initWin:    65535,
 		maxFrame:   16384,
 		recvAvail:  65535,
 		recvWindow: recvWindow,
 	}
-	p.fr = http2.NewFramer(p.bw, nil)
+	if sc, ok := nc.(syscall.Conn); ok {
+		p.raw, _ = sc.SyscallConn()
+	}
+	p.fr = http2.NewFramer((*peerOut)(p), nil)
 	p.henc = hpack.NewEncoder(&p.hbuf)
+	go p.writeLoop()
 	return p
+}
+
+// peerOut appends the framer's frames to the output buffer; the framer is
+// only used under p.mu.
+type peerOut peer
+
+func (w *peerOut) Write(b []byte) (int, error) {
+	w.out = append(w.out, b...)
+	return len(b), nil
+}
+
+// full reports whether DATA must wait for the output buffer to drain.
+func (p *peer) fullLocked() bool {
+	return len(p.out) >= maxOut
 }
 
 // writeHeadersLocked encodes fields and writes them as HEADERS plus
@@ -153,36 +194,122 @@ func (p *peer) writeControl(fl *flushList, fn func(fr *http2.Framer) error) {
 	fl.add(p)
 }
 
-// flush writes out what is buffered. A failed write closes the connection,
-// which ends its reader.
+// flush writes out what is buffered, as far as the socket takes it now,
+// and leaves the rest to the writer goroutine.
 func (p *peer) flush() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.dirty || p.err != nil {
+	if !p.dirty || p.err != nil || p.writing {
 		return
 	}
 	p.dirty = false
-	if p.timeout > 0 {
-		// The deadline moves only when less than half of it is left, which
-		// saves resetting a timer on every flush.
-		if now := time.Now(); now.Add(p.timeout / 2).After(p.deadline) {
-			p.deadline = now.Add(p.timeout)
-			_ = p.nc.SetWriteDeadline(p.deadline)
+	if len(p.out) > hardMaxOut {
+		p.failLocked(errors.New("peer does not read what it asked for"))
+		return
+	}
+	n, err := p.tryWrite()
+	if err != nil {
+		p.failLocked(fmt.Errorf("write: %w", err))
+		return
+	}
+	p.out = p.out[:copy(p.out, p.out[n:])]
+	if len(p.out) > 0 || len(p.stalled) > 0 {
+		p.writing = true
+		select {
+		case p.wake <- struct{}{}:
+		default:
 		}
 	}
-	if err := p.bw.Flush(); err != nil {
-		p.err = fmt.Errorf("write: %w", err)
-		p.nc.Close()
+}
+
+// tryWrite makes one non-blocking write of p.out.
+func (p *peer) tryWrite() (int, error) {
+	if p.raw == nil {
+		return 0, nil
 	}
+	var n int
+	var werr error
+	err := p.raw.Write(func(fd uintptr) bool {
+		n, werr = syscall.Write(int(fd), p.out)
+		return true
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case werr == syscall.EAGAIN || werr == syscall.EINTR:
+		return 0, nil
+	case werr != nil:
+		return 0, werr
+	}
+	return max(n, 0), nil
+}
+
+// writeLoop writes what flush left, blocking, and then lets the streams
+// that waited for the buffer go on, until the connection closes.
+func (p *peer) writeLoop() {
+	for {
+		select {
+		case <-p.wake:
+		case <-p.closed:
+			return
+		}
+		for p.writeSome() {
+		}
+		p.mu.Lock()
+		stalled := p.stalled
+		p.stalled = nil
+		p.mu.Unlock()
+		var fl flushList
+		for _, s := range stalled {
+			p.unblock(s, &fl)
+		}
+		fl.flush()
+	}
+}
+
+// writeSome writes the buffered frames once, and reports whether more came
+// meanwhile.
+func (p *peer) writeSome() bool {
+	p.mu.Lock()
+	if len(p.out) == 0 || p.err != nil {
+		p.writing = false
+		p.mu.Unlock()
+		return false
+	}
+	chunk := p.out
+	p.out, p.spare = p.spare[:0], nil
+	p.mu.Unlock()
+
+	if p.timeout > 0 {
+		_ = p.nc.SetWriteDeadline(time.Now().Add(p.timeout))
+	}
+	_, err := p.nc.Write(chunk)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.spare = chunk[:0]
+	if err != nil {
+		p.failLocked(fmt.Errorf("write: %w", err))
+		return false
+	}
+	return true
 }
 
 // fail marks p unusable and closes its connection.
 func (p *peer) fail(err error) {
 	p.mu.Lock()
-	if p.err == nil {
-		p.err = err
-	}
+	p.failLocked(err)
 	p.mu.Unlock()
+}
+
+func (p *peer) failLocked(err error) {
+	if p.err != nil {
+		return
+	}
+	p.err = err
+	p.writing = false
+	p.out = nil
+	close(p.closed)
 	p.nc.Close()
 }
 

@@ -1,6 +1,7 @@
 package h2router
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -120,5 +122,54 @@ func TestH2Spec(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("h2spec against %s:\n%s", name, out)
+	}
+}
+
+// TestClientThatNeverReads grants the router huge windows for an endless
+// Read and never reads its socket: the plugin connection it shares with
+// other clients keeps serving them, and the router's buffers stay bounded.
+func TestClientThatNeverReads(t *testing.T) {
+	cs := &fakeContent{}
+	b := startBackend(t, &fakeNamespaces{}, cs)
+	r, conn := startRouter(t, newFakeBackends(b, b), Options{})
+
+	w := newFrameWriter(true).do(func(fr *http2.Framer) {
+		_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: maxWindow})
+		_ = fr.WriteWindowUpdate(0, maxWindow-65535)
+	}).headers(1, "/"+contentService+"/Read", false).
+		message(1, &contentapi.ReadContentRequest{Size: -1, Offset: 64 << 10}, true)
+	ours, theirs := socketPair(t)
+	defer ours.Close()
+	r.ServeConn(theirs)
+	if _, err := ours.Write(append([]byte(http2.ClientPreface), w.bytes()[1:]...)); err != nil {
+		t.Fatal(err)
+	}
+
+	var before int64
+	waitFor(t, "the plugin to stall", func() bool {
+		time.Sleep(200 * time.Millisecond)
+		now := cs.sent.Load()
+		stalled := now == before && now > 0
+		before = now
+		return stalled
+	})
+	client := namespacesapi.NewNamespacesClient(conn)
+	for range 20 {
+		ctx, cancel := context.WithTimeout(nsCtx(), 2*time.Second)
+		_, err := client.Get(ctx, &namespacesapi.GetNamespaceRequest{Name: "a"})
+		cancel()
+		if err != nil {
+			t.Fatalf("call beside a client that never reads = %v", err)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for c := range r.conns {
+		c.p.mu.Lock()
+		n := len(c.p.out)
+		c.p.mu.Unlock()
+		if n > maxOut+64<<10 {
+			t.Errorf("router buffers %d bytes for a client, want at most %d", n, maxOut+64<<10)
+		}
 	}
 }

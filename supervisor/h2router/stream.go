@@ -54,6 +54,8 @@ type stream struct {
 	replayable  bool  // up holds the whole request, for a replay
 	blockedUp   bool  // waiting in the backend peer's blocked list
 	blockedDown bool  // waiting in the client peer's blocked list
+	stalledUp   bool  // waiting in the backend peer's stalled list
+	stalledDown bool  // waiting in the client peer's stalled list
 
 	// Backend to client.
 	respHeaders bool // the backend answered
@@ -146,6 +148,13 @@ func (s *stream) drainUpLocked(fl *flushList) {
 	}
 	for s.upOff < len(s.up) {
 		n := min(int64(len(s.up)-s.upOff), s.upWin, p.sendWin, int64(p.maxFrame))
+		if p.fullLocked() {
+			if !s.stalledUp {
+				s.stalledUp = true
+				p.stalled = append(p.stalled, s)
+			}
+			break
+		}
 		if n <= 0 {
 			if p.sendWin <= 0 && !s.blockedUp {
 				s.blockedUp = true
@@ -326,6 +335,13 @@ func (s *stream) writeDownLocked(p *peer, data []byte, last bool) int {
 	sent := 0
 	for sent < len(data) {
 		n := int(min(int64(len(data)-sent), s.downWin, p.sendWin, int64(p.maxFrame)))
+		if p.fullLocked() {
+			if !s.stalledDown {
+				s.stalledDown = true
+				p.stalled = append(p.stalled, s)
+			}
+			break
+		}
 		if n <= 0 {
 			if p.sendWin <= 0 && !s.blockedDown {
 				s.blockedDown = true
