@@ -184,9 +184,13 @@ func (b *backendConn) onData(f *http2.DataFrame) error {
 	if !b.p.charge(flowLen) {
 		return errors.New("plugin overran the connection window")
 	}
+	// The connection window comes back at once: calls share the plugin's
+	// connection, and one whose client stalls must not hold it. Each call
+	// is still held to its stream window, credited only as its client
+	// takes the bytes, so the router keeps at most that much of it.
+	b.p.credit(&b.fl, flowLen)
 	s := b.lookup(f.StreamID)
 	if s == nil {
-		b.p.credit(&b.fl, flowLen)
 		return nil
 	}
 	if err := s.onBackendData(&b.fl, f.Data(), flowLen, f.StreamEnded()); err != nil {

@@ -209,6 +209,13 @@ func (f *fakeBackends) swap(service string, b *backend) {
 // service, and returns the router and a client connection to it.
 func startRouter(t testing.TB, fb Backends, opts Options) (*Router, *grpc.ClientConn) {
 	t.Helper()
+	r, conn, _ := startRouterSock(t, fb, opts)
+	return r, conn
+}
+
+// startRouterSock is startRouter that also returns the router's socket.
+func startRouterSock(t testing.TB, fb Backends, opts Options) (*Router, *grpc.ClientConn, string) {
+	t.Helper()
 	local := grpc.NewServer()
 	versionapi.RegisterVersionServer(local, fakeVersion{})
 	opts.Local = local
@@ -225,7 +232,7 @@ func startRouter(t testing.TB, fb Backends, opts Options) (*Router, *grpc.Client
 	go r.Serve(l)
 	conn := dialUnix(t, sock)
 	t.Cleanup(func() { conn.Close(); r.Stop() })
-	return r, conn
+	return r, conn, sock
 }
 
 func dialUnix(t testing.TB, sock string, opts ...grpc.DialOption) *grpc.ClientConn {

@@ -443,6 +443,40 @@ func TestSlowReaderIsBounded(t *testing.T) {
 	}
 }
 
+// TestManyStalledStreams stalls more streams than the plugin connection's
+// window covers: calls beside them still pass.
+func TestManyStalledStreams(t *testing.T) {
+	cs := &fakeContent{}
+	b := startBackend(t, &fakeNamespaces{}, cs)
+	_, conn, sock := startRouterSock(t, newFakeBackends(b, b), Options{})
+	// A fixed window keeps grpc-go from taking megabytes per stream.
+	slow := dialUnix(t, sock, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<20))
+	defer slow.Close()
+
+	ctx, cancel := context.WithCancel(nsCtx())
+	defer cancel()
+	client := contentapi.NewContentClient(slow)
+	for range backendConnWindow/backendStreamWindow + 4 {
+		if _, err := client.Read(ctx, &contentapi.ReadContentRequest{Size: -1, Offset: 64 << 10}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var before int64
+	waitFor(t, "the plugin to stall", func() bool {
+		time.Sleep(200 * time.Millisecond)
+		now := cs.sent.Load()
+		stalled := now == before && now > 0
+		before = now
+		return stalled
+	})
+	getCtx, getCancel := context.WithTimeout(nsCtx(), 5*time.Second)
+	defer getCancel()
+	if _, err := namespacesapi.NewNamespacesClient(conn).Get(getCtx,
+		&namespacesapi.GetNamespaceRequest{Name: "a"}); err != nil {
+		t.Errorf("call beside stalled streams = %v", err)
+	}
+}
+
 // heldBytes sums the bytes queued in the router's calls.
 func (r *Router) heldBytes() int {
 	r.mu.Lock()

@@ -15,9 +15,9 @@ import (
 
 // stream is one call: a client stream and, once the backend is known, the
 // backend stream it is forwarded on. Bytes travel through two queues, up
-// (client to backend) and down (backend to client); each side's window is
-// credited only as its bytes leave the other side, so the router holds at
-// most one window's worth of a call in each direction.
+// (client to backend) and down (backend to client); each side's stream
+// window is credited only as its bytes leave the other side, so the router
+// holds at most one stream window of a call in each direction.
 type stream struct {
 	c           *clientConn
 	cid         uint32
@@ -253,21 +253,15 @@ func (s *stream) writeClientHeadersLocked(fl *flushList, fields []hpack.HeaderFi
 func (s *stream) onBackendData(fl *flushList, data []byte, flowLen int64, end bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b := s.b
-	if s.finished || b == nil {
-		if b != nil {
-			b.p.credit(fl, flowLen)
-		}
+	if s.finished || s.b == nil {
 		return nil
 	}
 	if flowLen > s.downRecv {
-		b.p.credit(fl, flowLen)
 		return http2.StreamError{StreamID: s.bid, Code: http2.ErrCodeFlowControl}
 	}
 	s.downRecv -= flowLen
 	s.creditBackendLocked(fl, flowLen-int64(len(data)))
 	if n := s.downScan.feed(data, s.c.r.opts.MaxSendMsgSize); n >= 0 {
-		b.p.credit(fl, int64(len(data)))
 		s.failLocked(fl, codes.ResourceExhausted, fmt.Sprintf(
 			"grpc: trying to send message larger than max (%d vs. %d)", n, s.c.r.opts.MaxSendMsgSize))
 		return nil
@@ -361,12 +355,13 @@ func (s *stream) writeDownLocked(p *peer, data []byte, last bool) int {
 	return sent
 }
 
-// creditBackendLocked gives the backend n bytes of window back.
+// creditBackendLocked gives the backend n bytes of stream window back. The
+// backend's connection window is credited as bytes arrive (see
+// backendConn.onData).
 func (s *stream) creditBackendLocked(fl *flushList, n int64) {
 	if n <= 0 || s.b == nil {
 		return
 	}
-	s.b.p.credit(fl, n)
 	if s.downEnd {
 		return
 	}
@@ -498,7 +493,6 @@ func (s *stream) detachLocked(fl *flushList) {
 		p.mu.Lock()
 		delete(s.b.streams, s.bid)
 		p.mu.Unlock()
-		s.b.p.credit(fl, int64(len(s.down)-s.downOff))
 	}
 	if s.release != nil {
 		s.release()
