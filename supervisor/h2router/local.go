@@ -11,8 +11,11 @@ import (
 // localAddr names the in-process server.
 type localAddr struct{}
 
+// Network implements net.Addr.
 func (localAddr) Network() string { return "corral-local" }
-func (localAddr) String() string  { return "supervisor" }
+
+// String implements net.Addr.
+func (localAddr) String() string { return "supervisor" }
 
 // pipeListener hands the in-process grpc.Server one end of each socket pair
 // the router makes: kernel buffers like a unix socket's, and no file.

@@ -91,6 +91,7 @@ func newPeer(nc net.Conn, timeout time.Duration, recvWindow int64, unblock func(
 // only used under p.mu.
 type peerOut peer
 
+// Write implements io.Writer.
 func (w *peerOut) Write(b []byte) (int, error) {
 	w.out = append(w.out, b...)
 	return len(b), nil
