@@ -97,9 +97,16 @@ func rawDigest(ctx context.Context, c *client.Client, dgst digest.Digest) (diges
 // TestContentKilledDuringIngest kills content-svc with SIGKILL while the Go
 // client writes a 256 MiB blob: the client opens a writer on the same ref
 // again, takes the offset from Status, writes the rest and commits, and
-// the blob has the right digest.
+// the blob has the right digest. It does the same with metadata-svc,
+// through which the bytes pass on their way to content-svc.
 func TestContentKilledDuringIngest(t *testing.T) {
 	testkit.RequiresRoot(t)
+	for _, id := range []string{contentID, boltID} {
+		t.Run(id, func(t *testing.T) { testKilledDuringIngest(t, id) })
+	}
+}
+
+func testKilledDuringIngest(t *testing.T, plugin string) {
 	d := startDaemon(t, settings{})
 	c := newClient(t, d)
 	cs := c.ContentStore()
@@ -112,7 +119,7 @@ func TestContentKilledDuringIngest(t *testing.T) {
 	desc := ocispec.Descriptor{Digest: dgst, Size: blob.size()}
 	const ref = "big-ingest"
 	killAt := blob.size() / 4
-	old := d.runningPlugin(t, contentID)
+	old := d.runningPlugin(t, plugin)
 
 	// open opens a writer on ref, trying again while the plugin restarts,
 	// and returns it with the offset Status gives.
@@ -153,10 +160,10 @@ func TestContentKilledDuringIngest(t *testing.T) {
 			return
 		}
 		if err := syscall.Kill(old.Pid, syscall.SIGKILL); err != nil {
-			t.Errorf("kill -9 content-svc %d: %v", old.Pid, err)
+			t.Errorf("kill -9 %s %d: %v", plugin, old.Pid, err)
 			return
 		}
-		t.Logf("killed content-svc %d with %d bytes acknowledged", old.Pid, acked.Load())
+		t.Logf("killed %s %d with %d bytes acknowledged", plugin, old.Pid, acked.Load())
 	}()
 	var writeErrs []error
 	for off < blob.size() {
@@ -183,7 +190,7 @@ func TestContentKilledDuringIngest(t *testing.T) {
 	select {
 	case <-killed:
 	default:
-		t.Fatal("the ingest ended before content-svc was killed")
+		t.Fatalf("the ingest ended before %s was killed", plugin)
 	}
 	for i := 0; ; i++ {
 		err := w.Commit(ctx, desc.Size, dgst)
@@ -204,9 +211,9 @@ func TestContentKilledDuringIngest(t *testing.T) {
 	t.Logf("wrote %d MiB in %v; writer opened at offsets %v; write errors %v",
 		blob.size()>>20, elapsed, opens, writeErrs)
 
-	now := d.restartedPlugin(t, contentID, old.Pid)
+	now := d.restartedPlugin(t, plugin, old.Pid)
 	if len(writeErrs) == 0 {
-		t.Errorf("no write failed although content-svc %d was killed (now %d)", old.Pid, now.Pid)
+		t.Errorf("no write failed although %s %d was killed (now %d)", plugin, old.Pid, now.Pid)
 	}
 	if len(opens) < 2 || opens[1] == 0 {
 		t.Logf("the ingest started over after the kill (offsets %v): the interrupted ingest was cleaned", opens)
@@ -233,11 +240,13 @@ func TestContentKilledDuringIngest(t *testing.T) {
 }
 
 // Shape of the create loop: createWorkers goroutines make createRounds
-// images and containers each; metadata-svc is killed once killAfter calls
-// have returned.
+// images and containers each; metadata-svc is killed createKills times,
+// the first once killAfter calls have returned, then every killAfter
+// calls more.
 const (
 	createWorkers = 4
 	createRounds  = 100
+	createKills   = 3
 	killAfter     = 200
 )
 
@@ -404,11 +413,11 @@ func checkContainers(list []containers.Container, w, n int) error {
 	return nil
 }
 
-// TestMetadataKilledDuringCreates kills metadata-svc with SIGKILL while
-// four clients create images and containers and list them: every call
-// succeeds or answers Unavailable (and then succeeds when made again),
-// nothing listed is half made, and meta.db opens again, in the restarted
-// plugin and in a new daemon on the same root.
+// TestMetadataKilledDuringCreates kills metadata-svc with SIGKILL three
+// times while four clients create images and containers and list them:
+// every call succeeds or answers Unavailable (and then succeeds when made
+// again), nothing listed is half made, and meta.db opens again, in the
+// restarted plugin and in a new daemon on the same root.
 func TestMetadataKilledDuringCreates(t *testing.T) {
 	testkit.RequiresRoot(t)
 	d := startDaemon(t, settings{})
@@ -428,27 +437,34 @@ func TestMetadataKilledDuringCreates(t *testing.T) {
 	for w := range createWorkers {
 		wg.Go(func() { results[w] = createLoop(ctx, c, w, &out, &done) })
 	}
-	if !waitForFast(time.Minute, func() bool { return done.Load() >= killAfter }) {
-		t.Fatalf("only %d of %d calls returned in a minute", done.Load(), killAfter)
+	pid := old.Pid
+	var killedAt []int64
+	for k := range int64(createKills) {
+		at := (k + 1) * killAfter
+		if !waitForFast(time.Minute, func() bool { return done.Load() >= at }) {
+			t.Fatalf("only %d of %d calls returned in a minute", done.Load(), at)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill -9 bolt %d: %v", pid, err)
+		}
+		killedAt = append(killedAt, done.Load())
+		pid = d.restartedPlugin(t, boltID, pid).Pid
 	}
-	if err := syscall.Kill(old.Pid, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill -9 bolt %d: %v", old.Pid, err)
-	}
-	at := done.Load()
 	wg.Wait()
 	total := done.Load()
-	t.Logf("%d calls in %v, bolt killed after %d; %d answers Unavailable, %d creates replayed",
-		total, time.Since(start), at, out.unavailable.Load(), out.replayed.Load())
+	t.Logf("%d calls in %v, bolt killed after %v; %d answers Unavailable, %d creates replayed",
+		total, time.Since(start), killedAt, out.unavailable.Load(), out.replayed.Load())
 	for _, errs := range results {
 		for _, err := range errs {
 			t.Error(err)
 		}
 	}
-	if at >= total {
-		t.Errorf("the loop had ended (%d calls) before bolt was killed", at)
+	if last := killedAt[len(killedAt)-1]; last >= total {
+		t.Errorf("the loop had ended (%d calls) before the last kill", last)
 	}
-	now := d.restartedPlugin(t, boltID, old.Pid)
-	t.Logf("bolt restarted as %d", now.Pid)
+	if got := d.plugins(t)[boltID].Restarts; got != createKills {
+		t.Errorf("containerd plugins ls: bolt restarts = %d, want %d", got, createKills)
+	}
 
 	check := func(when string) {
 		t.Helper()
