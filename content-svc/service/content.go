@@ -52,6 +52,18 @@ var readBufs = sync.Pool{New: func() any { return new([ReadChunkSize]byte) }}
 // Content serves containerd.services.content.v1.Content on a raw store:
 // refs are opaque keys, labels are neither kept nor returned, and the
 // namespace header is ignored. The metadata plugin adds those on top.
+//
+// Where containerd's own service leaves room, this one behaves as follows:
+//   - Update changes nothing and answers with the blob's info.
+//   - A Write stream holds its ref until it ends; a second stream on the
+//     ref gets Unavailable at once, and so does Abort of a held ref.
+//   - AlreadyExists on a COMMIT comes only after the size and digest were
+//     checked: the bytes sent were the existing blob's.
+//   - Read replies carry at most ReadChunkSize bytes, with offsets counted
+//     from the requested offset; reads under 256 KiB go out in pieces
+//     under 32 KiB (see chunkSize).
+//   - List and ListStatuses take containerd's filters on digest and size,
+//     and on ref, expected, offset and total.
 type Content struct {
 	api.UnimplementedContentServer
 
