@@ -204,7 +204,13 @@ func TestImagesCtr(t *testing.T) {
 				!strings.Contains(r.Stderr, "already exists") {
 				t.Errorf("images tag onto an existing name: err %v, stderr %q; want already exists", r.Err, r.Stderr)
 			}
-			c.ns(t, d, ns, "images", "label", tagName, "k=v")
+			c.images(t, d, ns, "tag", "--force", dockerName, tagName)
+			if got := ctrImages(t, c, d, ns)[tagName].Digest; got != ctrImages(t, c, d, ns)[dockerName].Digest {
+				t.Errorf("images tag --force onto %s: digest %s, want %s's", tagName, got, dockerName)
+			}
+			c.images(t, d, ns, "tag", "--force", ociName, tagName)
+			c.ns(t, d, ns, "images", "label", tagName, "k=v", "gone=soon")
+			c.ns(t, d, ns, "images", "label", tagName, "gone=")
 			images = ctrImages(t, c, d, ns)
 			if got, want := images[tagName], (imageRow{Type: want.Type, Digest: manifest, Labels: "k=v"}); got != want {
 				t.Errorf("images ls: %s = %+v, want %+v", tagName, got, want)
@@ -239,6 +245,10 @@ func TestImagesCtr(t *testing.T) {
 			waitContent(t, c, d, ns, exportedBlobs, "in the first namespace")
 			waitContent(t, c, d, re, exportedBlobs, "after re-import")
 
+			// A missing image is a warning, not a failure.
+			if r := c.try(t, d, ns, "images", "rm", "missing:latest"); r.Err != nil || !strings.Contains(r.Stderr, "not found") {
+				t.Errorf("images rm of a missing image: %v, stderr %q; want success with a not found warning", r.Err, r.Stderr)
+			}
 			c.ns(t, d, ns, "images", "rm", "--sync", ociName, tagName, dockerName)
 			if got := ctrImages(t, c, d, ns); len(got) != 0 {
 				t.Errorf("images ls after rm = %v, want none", got)
