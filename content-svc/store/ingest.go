@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -217,10 +218,14 @@ func (in *ingest) status() (Status, error) {
 }
 
 // ingestError wraps err from doing op on ref's ingest, classifying a
-// missing ingest as [errdefs.ErrNotFound].
+// missing ingest as [errdefs.ErrNotFound] and a full disk as
+// [errdefs.ErrResourceExhausted].
 func ingestError(op, ref string, err error) error {
-	if errors.Is(err, fs.ErrNotExist) {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("%s ingest %s: %w", op, ref, errdefs.ErrNotFound)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return fmt.Errorf("%s ingest %s: %w: %w", op, ref, err, errdefs.ErrResourceExhausted)
 	}
 	return fmt.Errorf("%s ingest %s: %w", op, ref, err)
 }

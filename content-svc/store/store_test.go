@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -544,5 +547,19 @@ func TestWriteErrorSurfaces(t *testing.T) {
 	w.Close()
 	if _, err := s.Writer("broken", 0, ""); err != nil {
 		t.Errorf("Writer after a failed one = %v", err)
+	}
+}
+
+func TestIngestErrorClasses(t *testing.T) {
+	tests := []struct {
+		err error
+		is  func(error) bool
+	}{
+		{fs.ErrNotExist, errdefs.IsNotFound},
+		{&os.PathError{Op: "write", Path: "data", Err: syscall.ENOSPC}, errdefs.IsResourceExhausted},
+		{syscall.EDQUOT, errdefs.IsResourceExhausted},
+	}
+	for _, tt := range tests {
+		wantClass(t, fmt.Sprint(tt.err), ingestError("write", "r", tt.err), tt.is)
 	}
 }
