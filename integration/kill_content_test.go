@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -497,4 +498,76 @@ func TestMetadataKilledDuringCreates(t *testing.T) {
 	d = startOn(t, d.layout)
 	c = newClient(t, d)
 	check("in a new daemon")
+}
+
+// TestIngestAfterCrash leaves a `ctr content ingest` half done, then kills
+// content-svc with SIGKILL, and later restarts the whole daemon: each time
+// the half-written blob is never listed nor on disk, the ingest is either
+// still there at its offset or cleaned, and ctr completes it with the
+// same ref.
+func TestIngestAfterCrash(t *testing.T) {
+	testkit.RequiresRoot(t)
+	d := startDaemon(t, settings{})
+	tool := ctrTools(t)[0]
+	ns := uniqueNS("crash")
+	for _, how := range []string{"kill-content", "restart-daemon"} {
+		t.Run(how, func(t *testing.T) {
+			cs := newClient(t, d).ContentStore()
+			data, dgst := randomBlob(t, 5*chunk)
+			ref := "crash-" + how
+			p := startIngest(t, tool, d, ns, ref, len(data), dgst)
+			if _, err := p.stdin.Write(data[:2*chunk+chunk/2]); err != nil {
+				t.Fatalf("feed ctr: %v", err)
+			}
+			waitOffset(t, cs, ns, ref, 2*chunk)
+			switch how {
+			case "kill-content":
+				old := d.runningPlugin(t, contentID)
+				if err := syscall.Kill(old.Pid, syscall.SIGKILL); err != nil {
+					t.Fatalf("kill -9 content-svc %d: %v", old.Pid, err)
+				}
+				// ctr waits for input; at the end of it, it fails, short of
+				// bytes or of a stream.
+				p.stdin.Close()
+				if err := p.wait(t); err == nil {
+					t.Errorf("ctr content ingest succeeded with half its input and content-svc killed:\n%s", p.out)
+				}
+				d.restartedPlugin(t, contentID, old.Pid)
+			case "restart-daemon":
+				p.kill(t)
+				d.stop(t)
+				d = startOn(t, d.layout)
+				cs = newClient(t, d).ContentStore()
+			}
+
+			if _, ok := ctrContent(t, tool, d, ns)[dgst]; ok {
+				t.Fatalf("content ls lists the half-written %s", dgst)
+			}
+			if slices.Contains(blobFiles(t, d), "sha256/"+dgst.Encoded()) {
+				t.Fatalf("blob file of the half-written %s on disk", dgst)
+			}
+			input := data
+			st, err := cs.Status(nsContext(t, ns), ref)
+			switch {
+			case err == nil && st.Offset >= 2*chunk && st.Offset <= int64(2*chunk+chunk/2):
+				// Resumable: feed zeros where the kept bytes are, so that only
+				// a resumed ingest commits the digest.
+				t.Logf("ingest %s kept at offset %d", ref, st.Offset)
+				input = bytes.Clone(data)
+				clear(input[:st.Offset])
+			case errdefs.IsNotFound(err) || (err == nil && st.Offset == 0):
+				t.Logf("ingest %s cleaned (%v, %+v)", ref, err, st)
+			default:
+				t.Fatalf("Status(%s) = %+v, %v; want offset %d to %d, or the ingest cleaned",
+					ref, st, err, 2*chunk, 2*chunk+chunk/2)
+			}
+			r := startFileIngest(t, tool, d, ns, ref, writeFile(t, "input", input), len(data), dgst)
+			if err := r.wait(t); err != nil {
+				t.Fatalf("ctr content ingest after the crash: %v\n%s", err, r.out)
+			}
+			if got := tool.ns(t, d, ns, "content", "get", dgst.String()); got != string(data) {
+				t.Errorf("content get: %d bytes, %s; want %s", len(got), digest.FromString(got), dgst)
+			}
+		})
+	}
 }
