@@ -31,6 +31,27 @@ import (
 // limit containerd and its clients use.
 const MaxMsgSize = 16 << 20
 
+// Flow-control windows of the connections between the supervisor and the
+// plugins. grpc-go starts a stream at 64 KiB and grows it by probing, which
+// leaves a stream of 1 MiB chunks waiting on window updates at every hop;
+// these links are local, so they start wide.
+const (
+	StreamWindow = 4 << 20
+	ConnWindow   = 16 << 20
+)
+
+// WindowServerOptions are the flow-control options for a server on a link
+// between the supervisor and the plugins.
+func WindowServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.InitialWindowSize(StreamWindow), grpc.InitialConnWindowSize(ConnWindow)}
+}
+
+// WindowDialOptions are the flow-control options for a client on a link
+// between the supervisor and the plugins.
+func WindowDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithInitialWindowSize(StreamWindow), grpc.WithInitialConnWindowSize(ConnWindow)}
+}
+
 // Main serves the plugin the supervisor asked for (by EnvID) from plugins,
 // and exits when the supervisor closes it. It never returns.
 func Main(plugins ...Plugin) {
@@ -93,6 +114,7 @@ func (h *host) newServer(opts []grpc.ServerOption) *grpc.Server {
 		grpc.ChainUnaryInterceptor(markHandledUnary),
 		grpc.ChainStreamInterceptor(markHandledStream),
 	)
+	opts = append(opts, WindowServerOptions()...)
 	s := grpc.NewServer(opts...)
 	h.mu.Lock()
 	h.server = s
@@ -128,13 +150,14 @@ func (h *host) init(s *grpc.Server) {
 	}
 	h.ic = ic
 	if addr := os.Getenv(EnvInternal); addr != "" {
-		cc, err := grpc.NewClient("unix://"+addr,
+		dialOpts := append(WindowDialOptions(),
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithDefaultCallOptions(
 				grpc.MaxCallRecvMsgSize(MaxMsgSize),
 				grpc.MaxCallSendMsgSize(MaxMsgSize),
 			),
 		)
+		cc, err := grpc.NewClient("unix://"+addr, dialOpts...)
 		if err != nil {
 			h.initErr = fmt.Errorf("dial supervisor %q: %w", addr, err)
 			return

@@ -230,6 +230,7 @@ func (d *daemon) newInternalServer(exchange *events.Exchange) *grpc.Server {
 		grpc.MaxRecvMsgSize(pluginkit.MaxMsgSize),
 		grpc.MaxSendMsgSize(pluginkit.MaxMsgSize),
 	)
+	opts = append(opts, pluginkit.WindowServerOptions()...)
 	s := grpc.NewServer(opts...)
 	eventsapi.RegisterEventsServer(s, exchange)
 	return s
@@ -243,6 +244,8 @@ func (d *daemon) newPublicServer(exchange *events.Exchange, m *metrics, uuid str
 		grpc.ChainUnaryInterceptor(m.unaryInterceptor),
 		grpc.ChainStreamInterceptor(m.streamInterceptor),
 	)
+	// Clients are local too: a wide window lets an ingest stream run ahead.
+	opts = append(opts, pluginkit.WindowServerOptions()...)
 	s := grpc.NewServer(opts...)
 	registerPublic(s, d.host, exchange, uuid)
 	return s

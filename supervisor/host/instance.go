@@ -155,6 +155,7 @@ func (in *Instance) start() error {
 		Stderr:           &logRelay{log: in.log},
 		StartTimeout:     in.h.opts.StartTimeout,
 		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: sockDir},
+		GRPCDialOptions:  pluginkit.WindowDialOptions(),
 	})
 	conn, info, err := handshake(client)
 	if err != nil {
