@@ -563,3 +563,76 @@ func TestContentSharingPolicy(t *testing.T) {
 		})
 	}
 }
+
+// TestContentWriterLock holds a ref with one Go client writer: a plain
+// Writer on the same ref answers Unavailable, and content.OpenWriter, which
+// tries again on Unavailable, waits until the first writer's stream ends
+// and then resumes at its offset.
+func TestContentWriterLock(t *testing.T) {
+	testkit.RequiresRoot(t)
+	d := startDaemon(t, settings{})
+	c := newClient(t, d)
+	cs := c.ContentStore()
+	ctx, _ := withLease(t, c, nsContext(t, uniqueNS("lock")))
+	data, dgst := randomBlob(t, 2*chunk)
+	desc := ocispec.Descriptor{Digest: dgst, Size: int64(len(data))}
+	const ref = "locked"
+
+	first, err := content.OpenWriter(ctx, cs, content.WithRef(ref), content.WithDescriptor(desc))
+	if err != nil {
+		t.Fatalf("first writer: %v", err)
+	}
+	if _, err := first.Write(data[:chunk]); err != nil {
+		t.Fatalf("first write: %v", err)
+	}
+	if w, err := cs.Writer(ctx, content.WithRef(ref), content.WithDescriptor(desc)); !errdefs.IsUnavailable(err) {
+		if w != nil {
+			w.Close()
+		}
+		t.Fatalf("second Writer on a held ref = %v (%s), want Unavailable", err, errClass(err))
+	}
+
+	type opened struct {
+		w   content.Writer
+		err error
+	}
+	second := make(chan opened, 1)
+	go func() {
+		w, err := content.OpenWriter(ctx, cs, content.WithRef(ref), content.WithDescriptor(desc))
+		second <- opened{w, err}
+	}()
+	select {
+	case o := <-second:
+		if o.w != nil {
+			o.w.Close()
+		}
+		t.Fatalf("OpenWriter on a held ref returned (%v) while the first writer held it", o.err)
+	case <-time.After(time.Second):
+	}
+	if err := first.Close(); err != nil {
+		t.Fatalf("close the first writer: %v", err)
+	}
+	var o opened
+	select {
+	case o = <-second:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OpenWriter still waiting 10 s after the first writer closed")
+	}
+	if o.err != nil {
+		t.Fatalf("OpenWriter after the first writer closed: %v", o.err)
+	}
+	defer o.w.Close()
+	st, err := o.w.Status()
+	if err != nil || st.Offset != chunk {
+		t.Fatalf("second writer's Status = %+v, %v; want offset %d", st, err, chunk)
+	}
+	if _, err := o.w.Write(data[chunk:]); err != nil {
+		t.Fatalf("second write: %v", err)
+	}
+	if err := o.w.Commit(ctx, desc.Size, dgst); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	if got := readBlob(t, ctx, cs, dgst); !bytes.Equal(got, data) {
+		t.Errorf("read back %d bytes, %s; want %s", len(got), digest.FromBytes(got), dgst)
+	}
+}
