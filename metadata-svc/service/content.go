@@ -51,11 +51,12 @@ type ContentConfig struct {
 type Content struct {
 	contentapi.UnimplementedContentServer
 	ContentConfig
+	cache *chunkCache
 }
 
 // NewContent returns the Content service.
 func NewContent(cfg ContentConfig) *Content {
-	return &Content{ContentConfig: cfg}
+	return &Content{ContentConfig: cfg, cache: newChunkCache()}
 }
 
 // Register registers the service on gs.
@@ -152,11 +153,12 @@ func (s *Content) Delete(
 func (s *Content) Read(req *contentapi.ReadContentRequest, ss contentapi.Content_ReadServer) error {
 	ctx := ss.Context()
 	ns, err := requireNamespace(ctx)
+	var info *contentapi.Info
 	if err == nil {
-		_, err = s.Store.Info(ctx, ns, req.GetDigest())
+		info, err = s.Store.Info(ctx, ns, req.GetDigest())
 	}
 	if err == nil {
-		err = s.proxyRead(ctx, req, ss)
+		err = s.read(ctx, req, info.GetSize(), ss)
 	}
 	s.logRequest("read content", ns, "digest", req.GetDigest(), err)
 	return errgrpc.ToGRPC(err)

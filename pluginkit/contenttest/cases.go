@@ -312,6 +312,8 @@ func testReadRanges(s *suite) {
 		{0, 0, data},
 		{5, 10, data[5:15]},
 		{ChunkSize - 1, ChunkSize + 2, data[ChunkSize-1 : 2*ChunkSize+1]},
+		{ChunkSize - 10, 20, data[ChunkSize-10 : ChunkSize+10]},
+		{2*ChunkSize - 10, 40 << 10, data[2*ChunkSize-10 : 2*ChunkSize+100]},
 		{size - 3, 0, data[size-3:]},
 		{size - 3, 100, data[size-3:]},
 		{size, 0, nil},
