@@ -263,24 +263,7 @@ type ingestProcess struct {
 // ref, reading from a pipe; the process is killed by pid when t ends.
 func startIngest(t *testing.T, c ctrTool, d *daemon, ns, ref string, size int, dgst digest.Digest) *ingestProcess {
 	t.Helper()
-	p := &ingestProcess{out: &syncBuffer{}, done: make(chan error, 1)}
-	p.cmd = c.command(d, ns, "content", "ingest",
-		"--expected-size", fmt.Sprint(size), "--expected-digest", dgst.String(), ref)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	var err error
-	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.done <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		syscall.Kill(p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-		p.done <- nil
-	})
-	return p
+	return startCtrIngest(t, c, d, ns, ref, size, dgst, nil)
 }
 
 // startFileIngest starts `ctr content ingest` reading file, which ctr can
@@ -292,18 +275,32 @@ func startFileIngest(t *testing.T, c ctrTool, d *daemon, ns, ref, file string, s
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
+	return startCtrIngest(t, c, d, ns, ref, size, dgst, f)
+}
+
+// startCtrIngest starts `ctr content ingest` reading stdin, or a pipe when
+// stdin is nil.
+func startCtrIngest(t *testing.T, c ctrTool, d *daemon, ns, ref string, size int, dgst digest.Digest, stdin *os.File) *ingestProcess {
+	t.Helper()
 	p := &ingestProcess{out: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd = c.command(d, ns, "content", "ingest",
 		"--expected-size", fmt.Sprint(size), "--expected-digest", dgst.String(), ref)
-	p.cmd.Stdout, p.cmd.Stderr, p.cmd.Stdin = p.out, p.out, f
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if stdin != nil {
+		p.cmd.Stdin = stdin
+	} else {
+		var err error
+		if p.stdin, err = p.cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { p.done <- p.cmd.Wait() }()
 	t.Cleanup(func() {
 		syscall.Kill(p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-		p.done <- nil
+		p.done <- <-p.done
 	})
 	return p
 }
@@ -369,7 +366,7 @@ func testCtrIngestKilled(t *testing.T, c ctrTool, d *daemon, ns string) {
 	waitOffset(t, cs, ns, ref, 2*chunk)
 	p.kill(t)
 
-	if refs := ctrActive(t, c, d, ns); !contains(refs, ref) {
+	if refs := ctrActive(t, c, d, ns); !slices.Contains(refs, ref) {
 		t.Fatalf("content active after the kill = %q, want %s", refs, ref)
 	}
 	waitOffset(t, cs, ns, ref, 2*chunk)
@@ -389,7 +386,7 @@ func testCtrIngestKilled(t *testing.T, c ctrTool, d *daemon, ns string) {
 	if got := c.ns(t, d, ns, "content", "get", dgst.String()); got != string(data) {
 		t.Errorf("content get after the resumed ingest: %d bytes, %s; want %s", len(got), digest.FromString(got), dgst)
 	}
-	if refs := ctrActive(t, c, d, ns); contains(refs, ref) {
+	if refs := ctrActive(t, c, d, ns); slices.Contains(refs, ref) {
 		t.Errorf("content active after the resumed ingest still lists %s", ref)
 	}
 }
@@ -434,18 +431,9 @@ func testCtrTwoWriters(t *testing.T, c ctrTool, d *daemon, ns string, killFirst 
 	if got := c.ns(t, d, ns, "content", "get", dgst.String()); got != string(data) {
 		t.Errorf("content get: %d bytes, %s; want %s", len(got), digest.FromString(got), dgst)
 	}
-	if refs := ctrActive(t, c, d, ns); contains(refs, ref) {
+	if refs := ctrActive(t, c, d, ns); slices.Contains(refs, ref) {
 		t.Errorf("content active after both ingests still lists %s", ref)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // TestContentConformance runs the Content conformance suite against the
