@@ -506,3 +506,40 @@ func TestGracefulStop(t *testing.T) {
 		t.Errorf("call after stop = %v, want Unavailable", err)
 	}
 }
+
+// TestBackendGoAway stops a plugin gracefully while it holds a call: the
+// call finishes on the old connection, and new calls reach the successor.
+func TestBackendGoAway(t *testing.T) {
+	hanging := &fakeNamespaces{hang: make(chan struct{})}
+	old := startBackend(t, hanging, &fakeContent{})
+	fb := newFakeBackends(old, old)
+	_, conn := startRouter(t, fb, Options{})
+	client := namespacesapi.NewNamespacesClient(conn)
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := client.Get(nsCtx(), &namespacesapi.GetNamespaceRequest{Name: "a"})
+		done <- err
+	}()
+	waitFor(t, "the call to reach the plugin", func() bool { return hanging.calls.Load() == 1 })
+
+	next := &fakeNamespaces{}
+	fb.swap(nsService, startBackend(t, next, &fakeContent{}))
+	stopped := make(chan struct{})
+	go func() {
+		old.srv.GracefulStop()
+		close(stopped)
+	}()
+	time.Sleep(50 * time.Millisecond) // let the GOAWAY reach the router
+	if _, err := client.Get(nsCtx(), &namespacesapi.GetNamespaceRequest{Name: "b"}); err != nil {
+		t.Fatalf("call during the old plugin's drain = %v", err)
+	}
+	if next.calls.Load() != 1 {
+		t.Errorf("successor saw %d calls, want 1", next.calls.Load())
+	}
+	close(hanging.hang)
+	if err := <-done; err != nil {
+		t.Errorf("call held across the drain = %v", err)
+	}
+	<-stopped
+}
