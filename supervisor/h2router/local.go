@@ -1,11 +1,8 @@
 package h2router
 
 import (
-	"fmt"
 	"net"
-	"os"
 	"sync"
-	"syscall"
 )
 
 // localAddr names the in-process server.
@@ -17,8 +14,8 @@ func (localAddr) Network() string { return "corral-local" }
 // String implements net.Addr.
 func (localAddr) String() string { return "supervisor" }
 
-// pipeListener hands the in-process grpc.Server one end of each socket pair
-// the router makes: kernel buffers like a unix socket's, and no file.
+// pipeListener hands the in-process grpc.Server one end of each in-memory
+// connection the router makes.
 type pipeListener struct {
 	conns chan net.Conn
 	done  chan struct{}
@@ -48,40 +45,14 @@ func (l *pipeListener) Close() error {
 // Addr implements net.Listener.
 func (l *pipeListener) Addr() net.Addr { return localAddr{} }
 
-// dial makes a socket pair, hands one end to Accept and returns the other.
+// dial makes an in-memory connection, hands one end to Accept and returns
+// the other.
 func (l *pipeListener) dial() (net.Conn, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("socketpair: %w", err)
-	}
-	ours, err := fileConn(fds[0], "router")
-	if err != nil {
-		syscall.Close(fds[1])
-		return nil, err
-	}
-	theirs, err := fileConn(fds[1], "local")
-	if err != nil {
-		ours.Close()
-		return nil, err
-	}
+	ours, theirs := memConnPair()
 	select {
 	case l.conns <- theirs:
 		return ours, nil
 	case <-l.done:
-		ours.Close()
-		theirs.Close()
 		return nil, net.ErrClosed
 	}
-}
-
-// fileConn wraps a socket descriptor in a net.Conn, closing the descriptor
-// either way.
-func fileConn(fd int, name string) (net.Conn, error) {
-	f := os.NewFile(uintptr(fd), name)
-	defer f.Close()
-	c, err := net.FileConn(f)
-	if err != nil {
-		return nil, fmt.Errorf("wrap socket: %w", err)
-	}
-	return c, nil
 }

@@ -225,6 +225,9 @@ func (p *peer) flush() {
 
 // tryWrite makes one non-blocking write of p.out.
 func (p *peer) tryWrite() (int, error) {
+	if mc, ok := p.nc.(*memConn); ok {
+		return mc.tryWrite(p.out)
+	}
 	if p.raw == nil {
 		return 0, nil
 	}
