@@ -463,9 +463,12 @@ func sharingSettings(policy string) settings {
 // TestContentSharingPolicy writes a blob in one namespace and opens a
 // writer for it in another: with "shared" the second namespace adopts the
 // blob without sending a byte (AlreadyExists on open), with "isolated" it
-// must send the bytes, and then its commit succeeds.
+// must send the bytes, and then its commit succeeds. ctr ingests of the
+// known blob with no input succeed or fail to match, and imports of one
+// image in two namespaces work under both policies.
 func TestContentSharingPolicy(t *testing.T) {
 	testkit.RequiresRoot(t)
+	ociTar := testkit.BusyboxImage(t)
 	for _, policy := range []string{"shared", "isolated"} {
 		t.Run(policy, func(t *testing.T) {
 			d := startDaemon(t, sharingSettings(policy))
@@ -547,6 +550,33 @@ func TestContentSharingPolicy(t *testing.T) {
 							tool.name, err, infoErr, out)
 					}
 				}
+			}
+
+			// The same image imported in two namespaces, by each ctr: both
+			// list it whole, and its blobs are on disk once.
+			index, blobs := tarIndex(t, ociTar)
+			for _, tool := range ctrTools(t) {
+				var nss []string
+				for i := range 2 {
+					ns := uniqueNS(fmt.Sprintf("%s-%d", strings.ReplaceAll(tool.name, ".", ""), i))
+					nss = append(nss, ns)
+					tool.images(t, d, ns, "import", "--no-unpack", "--base-name", "busybox", ociTar)
+				}
+				for _, ns := range nss {
+					if got := ctrImages(t, tool, d, ns)["busybox:latest"].Digest; got != index.Manifests[0].Digest {
+						t.Errorf("%s images ls in %s: busybox:latest digest %q, want %s", tool.name, ns, got, index.Manifests[0].Digest)
+					}
+					waitContent(t, tool, d, ns, blobs, "in "+ns)
+				}
+			}
+			files := blobFiles(t, d)
+			for _, b := range blobs {
+				if !slices.Contains(files, "sha256/"+b.Encoded()) {
+					t.Errorf("blob file %s missing", b)
+				}
+			}
+			if len(files) != len(blobs)+1 {
+				t.Errorf("blob files %q, want the image's %d and the test blob", files, len(blobs))
 			}
 		})
 	}
