@@ -25,7 +25,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-
 	"google.golang.org/grpc"
 
 	"corral.dev/pluginkit/contenttest"
