@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -170,4 +171,43 @@ func LoadAverage() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// processCPU is the CPU time of the descendants that share a label.
+type processCPU struct {
+	label string
+	cpu   time.Duration
+}
+
+// byProcess returns the time of c's descendants grouped by what they are:
+// our plugin processes by plugin id, anything else by command name. The
+// processes must still be running.
+func byProcess(c CPU) []processCPU {
+	sums := make(map[string]time.Duration)
+	for pid, d := range c.Children {
+		sums[processLabel(pid)] += d
+	}
+	out := make([]processCPU, 0, len(sums))
+	for label, d := range sums {
+		out = append(out, processCPU{label: label, cpu: d})
+	}
+	slices.SortFunc(out, func(a, b processCPU) int { return strings.Compare(a.label, b.label) })
+	return out
+}
+
+// processLabel names pid by the CORRAL_PLUGIN_ID in its environment, or
+// by its command name.
+func processLabel(pid int) string {
+	dir := filepath.Join("/proc", strconv.Itoa(pid))
+	if env, err := os.ReadFile(filepath.Join(dir, "environ")); err == nil {
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if id, ok := bytes.CutPrefix(kv, []byte("CORRAL_PLUGIN_ID=")); ok {
+				return "plugin " + string(id)
+			}
+		}
+	}
+	if s, err := readStat(pid); err == nil {
+		return s.comm
+	}
+	return "pid " + strconv.Itoa(pid)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"text/tabwriter"
 )
 
@@ -26,6 +27,30 @@ type Row struct {
 	Ours, Theirs float64
 	// Better says whether a lower or a higher figure is better.
 	Better Better
+	// OursRange and TheirsRange are the lowest and highest values over the
+	// rounds, for figures that are a median of rounds; zero otherwise.
+	OursRange, TheirsRange Range
+}
+
+// Range is the lowest and highest value a figure took over the rounds.
+type Range struct {
+	Min, Max float64
+}
+
+// spread returns the range of values.
+func spread(values []float64) Range {
+	if len(values) == 0 {
+		return Range{}
+	}
+	return Range{Min: slices.Min(values), Max: slices.Max(values)}
+}
+
+// withRange formats v, followed by rg in brackets when rg is set.
+func withRange(v float64, rg Range) string {
+	if rg == (Range{}) {
+		return number(v)
+	}
+	return fmt.Sprintf("%s (%s-%s)", number(v), number(rg.Min), number(rg.Max))
 }
 
 // Ratio is Ours/Theirs, or 0 when Theirs is 0.
@@ -42,6 +67,8 @@ type Report struct {
 	Config Config
 	// Rows are the figures in the order they were measured.
 	Rows []Row
+	// ImageTarSize is the size of the image tar the import workloads use.
+	ImageTarSize int64
 	// LoadBefore and LoadAfter are the 1-, 5- and 15-minute load averages
 	// when the run started and ended: other work on the machine moves
 	// every figure.
@@ -67,10 +94,14 @@ func (r *Report) Row(name string) (Row, bool) {
 func (r *Report) Write(w io.Writer) error {
 	c := r.Config
 	_, err := fmt.Fprintf(w, "%d CPUs, client %s; load average %s before, %s after\n"+
-		"ctr runs %d; warm-up %d; %d rounds of %d sequential and %d %d-way calls; "+
+		"ctr runs %d; warm-up %d; %d rounds of %d sequential and %d %d-way calls, "+
+		"%d images and %d containers present\n"+
+		"ctr transfers: %d rounds, %d MiB blob, %.1f MiB image tar; median round (range)\n"+
 		"daemon CPU from /proc utime+stime (%v ticks)\n\n",
 		runtime.NumCPU(), runtime.Version(), r.LoadBefore, r.LoadAfter,
-		c.CtrRuns, c.Warmup, c.Rounds, c.Calls, c.ParallelCalls, c.Workers, clockTick)
+		c.CtrRuns, c.Warmup, c.Rounds, c.Calls, c.ParallelCalls, c.Workers,
+		c.ListObjects, c.ListObjects, c.TransferRounds, c.BlobMiB, float64(r.ImageTarSize)/mib,
+		clockTick)
 	if err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
@@ -83,7 +114,8 @@ func (r *Report) Write(w io.Writer) error {
 			ratio = fmt.Sprintf("%.2fx", row.Ratio())
 		}
 		fmt.Fprintf(tw, "| %s\t| %s\t| %s\t| %s\t| %s\t| %s\t|\n", row.Name, row.Unit,
-			number(row.Ours), number(row.Theirs), ratio, row.Better)
+			withRange(row.Ours, row.OursRange), withRange(row.Theirs, row.TheirsRange),
+			ratio, row.Better)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write report: %w", err)

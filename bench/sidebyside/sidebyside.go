@@ -40,19 +40,33 @@ type Config struct {
 	Workers int
 	// ParallelCalls is how many calls the parallel run of one round makes.
 	ParallelCalls int
+	// ListObjects is how many images and containers exist while the List
+	// workloads run.
+	ListObjects int
+	// TransferRounds is how many times each ctr transfer runs on each
+	// daemon, the daemons taking turns.
+	TransferRounds int
+	// BlobMiB is the size of the blob of content ingest and get.
+	BlobMiB int64
+	// LayerMiB is the size of the one layer of the imported image.
+	LayerMiB int64
 }
 
 // DefaultConfig is the full run recorded in README.md.
 func DefaultConfig() Config {
 	return Config{
-		Containerd:    ContainerdPath,
-		Ctr:           "/usr/bin/ctr",
-		CtrRuns:       30,
-		Warmup:        500,
-		Rounds:        5,
-		Calls:         2000,
-		Workers:       16,
-		ParallelCalls: 10000,
+		Containerd:     ContainerdPath,
+		Ctr:            "/usr/bin/ctr",
+		CtrRuns:        30,
+		Warmup:         500,
+		Rounds:         5,
+		Calls:          2000,
+		Workers:        16,
+		ParallelCalls:  10000,
+		ListObjects:    20,
+		TransferRounds: 3,
+		BlobMiB:        256,
+		LayerMiB:       200,
 	}
 }
 
@@ -60,6 +74,7 @@ func DefaultConfig() Config {
 // harness works in seconds.
 func Quick(c Config) Config {
 	c.CtrRuns, c.Warmup, c.Rounds, c.Calls, c.ParallelCalls = 3, 20, 1, 200, 1000
+	c.TransferRounds, c.BlobMiB, c.LayerMiB = 1, 8, 8
 	return c
 }
 
@@ -76,6 +91,10 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Calls, "calls", c.Calls, "sequential calls per round")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines of the parallel run")
 	fs.IntVar(&c.ParallelCalls, "parallel-calls", c.ParallelCalls, "calls of the parallel run of a round")
+	fs.IntVar(&c.ListObjects, "list-objects", c.ListObjects, "images and containers present for the List workloads")
+	fs.IntVar(&c.TransferRounds, "transfer-rounds", c.TransferRounds, "rounds of each ctr transfer on each daemon")
+	fs.Int64Var(&c.BlobMiB, "blob-mib", c.BlobMiB, "MiB of the blob of content ingest and get")
+	fs.Int64Var(&c.LayerMiB, "layer-mib", c.LayerMiB, "MiB of the layer of the imported image")
 }
 
 // side is one daemon under test with its Go client.
@@ -115,10 +134,18 @@ func Run(ctx context.Context, cfg Config) (report *Report, err error) {
 	if err := report.ctr(ctx, cfg, ours, theirs); err != nil {
 		return nil, err
 	}
+	for _, s := range []*side{ours, theirs} {
+		if err := populate(ctx, s.client, cfg.ListObjects); err != nil {
+			return nil, fmt.Errorf("populate %s: %w", s.daemon.Name, err)
+		}
+	}
 	for _, w := range workloads {
 		if err := report.calls(ctx, cfg, w, ours, theirs); err != nil {
 			return nil, err
 		}
+	}
+	if err := report.transfers(ctx, cfg, ours, theirs); err != nil {
+		return nil, err
 	}
 	report.LoadAfter = LoadAverage()
 	return report, nil
@@ -161,6 +188,8 @@ var workloads = []workload{
 			return err
 		}
 	}},
+	{"Images.List", listImages},
+	{"Containers.List", listContainers},
 }
 
 // sides returns ours and theirs in the order they run in round: the first

@@ -41,6 +41,13 @@ func TestQuickRun(t *testing.T) {
 		"Namespaces.List, sequential median",
 		"Namespaces.List, sequential p99",
 		"Namespaces.List, 16-way throughput",
+		"Images.List, sequential median",
+		"Images.List, 16-way throughput",
+		"Containers.List, sequential median",
+		"Containers.List, 16-way throughput",
+		"ctr 1.6 content ingest 8 MiB, throughput",
+		"ctr 1.6 content get 8 MiB, throughput",
+		"ctr 1.6 images import --no-unpack, 8 MiB layer, throughput",
 	} {
 		row, ok := report.Row(name)
 		if !ok {
