@@ -221,18 +221,22 @@ func (e *env) waitStatus(id, want string) {
 	}
 }
 
-// slowReader yields its data after a delay, then EOF.
-type slowReader struct {
-	delay time.Duration
+// lateReader yields data once ready reports true, then EOF: ctr sends
+// CloseIO only for an EOF that comes after the task exists.
+type lateReader struct {
+	ready func() bool
 	data  string
 	done  bool
 }
 
-func (r *slowReader) Read(p []byte) (int, error) {
+func (r *lateReader) Read(p []byte) (int, error) {
 	if r.done {
 		return 0, io.EOF
 	}
-	time.Sleep(r.delay)
+	for deadline := time.Now().Add(20 * time.Second); !r.ready() && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
 	r.done = true
 	return copy(p, r.data), nil
 }
@@ -240,7 +244,10 @@ func (r *slowReader) Read(p []byte) (int, error) {
 func TestRunStdinCloseIO(t *testing.T) {
 	e := newEnv(t)
 	c := e.cmd("run", "--rm", "--runtime", runtime, "busybox:latest", "stdin", "cat")
-	c.Stdin = &slowReader{delay: time.Second, data: "x\n"}
+	c.Stdin = &lateReader{
+		ready: func() bool { _, st := e.taskStatus("stdin"); return st == "RUNNING" },
+		data:  "x\n",
+	}
 	done := make(chan struct{})
 	var out []byte
 	var err error

@@ -89,7 +89,8 @@ func (s *Service) CloseIO(ctx context.Context, r *taskapi.CloseIORequest) (*empt
 		return nil, errgrpc.ToGRPC(err)
 	}
 	if r.Stdin && pio != nil {
-		pio.closeStdin()
+		// EOF follows once the input already sent is copied.
+		go pio.closeStdin()
 	}
 	return empty, nil
 }
@@ -270,12 +271,13 @@ func (s *Service) Stats(
 ) (*taskapi.StatsResponse, error) {
 	s.mu.Lock()
 	c, _, err := s.lookup(r.ID, "")
-	if err == nil && c.cg == nil {
-		err = fmt.Errorf("task %s has no cgroup: %w", r.ID, errdefs.ErrNotFound)
-	}
 	s.mu.Unlock()
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
+	}
+	<-c.watched
+	if c.cg == nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "task %s has no cgroup", r.ID)
 	}
 	a, err := c.cg.stats()
 	if err != nil {

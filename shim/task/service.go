@@ -88,6 +88,7 @@ type container struct {
 	runc    *runc.Runc
 	init    *process
 	execs   map[string]*process
+	watched chan struct{} // closed once cg and stopOOM are set
 	cg      *cgroup
 	stopOOM func()
 }
@@ -229,6 +230,7 @@ func (s *Service) create(
 		runcCfg: rc,
 		runc:    rc.runc(r.Bundle),
 		execs:   make(map[string]*process),
+		watched: make(chan struct{}),
 	}
 
 	// Mount the rootfs the daemon prepared.
@@ -248,18 +250,28 @@ func (s *Service) create(
 		return nil, err
 	}
 
-	// Watch the cgroup for stats and OOM kills; a failure only costs those.
-	if c.cg, err = loadCgroup(c.init.pid); err != nil {
-		s.log.Warn().Err(err).Str("id", r.ID).Msg("no cgroup for stats")
-		return c, nil
+	// Watch the cgroup for stats and OOM kills, while the daemon sends
+	// Start: the process cannot run, or use memory, before that.
+	go s.watch(c)
+	return c, nil
+}
+
+// watch finds the container's cgroup and watches it for OOM kills; a
+// failure costs only those. It closes c.watched when done.
+func (s *Service) watch(c *container) {
+	defer close(c.watched)
+	cg, err := loadCgroup(c.init.pid)
+	if err != nil {
+		s.log.Warn().Err(err).Str("id", c.id).Msg("no cgroup for stats")
+		return
 	}
-	c.stopOOM, err = c.cg.watchOOM(func() {
-		s.cfg.Publisher.Publish(TopicOOM, &eventtypes.TaskOOM{ContainerID: r.ID})
+	c.cg = cg
+	c.stopOOM, err = cg.watchOOM(func() {
+		s.cfg.Publisher.Publish(TopicOOM, &eventtypes.TaskOOM{ContainerID: c.id})
 	})
 	if err != nil {
-		s.log.Warn().Err(err).Str("id", r.ID).Msg("no oom watch")
+		s.log.Warn().Err(err).Str("id", c.id).Msg("no oom watch")
 	}
-	return c, nil
 }
 
 // stdioOf collects the stdio fields of a request.
@@ -380,6 +392,7 @@ func (s *Service) startInit(
 	c *container,
 	p *process,
 ) (*taskapi.StartResponse, error) {
+	<-c.watched
 	s.mu.Lock()
 	p.starting = true
 	s.mu.Unlock()
@@ -512,6 +525,7 @@ func (s *Service) deleteInit(ctx context.Context, c *container) error {
 		c.init.setExited(killed)
 		s.mu.Unlock()
 	}
+	<-c.watched
 	if c.stopOOM != nil {
 		c.stopOOM()
 	}
