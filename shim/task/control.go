@@ -100,43 +100,55 @@ func (s *Service) CloseIO(ctx context.Context, r *taskapi.CloseIORequest) (*empt
 func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	c, p, err := s.lookup(r.ID, r.ExecID)
-	if err == nil && p.status == tasktypes.Status_STOPPED && !r.All {
+	var pid int
+	switch {
+	case err != nil:
+	case p.status == tasktypes.Status_STOPPED && !r.All:
 		err = fmt.Errorf("process %s already finished: %w", r.ID, errdefs.ErrNotFound)
-	}
-	if err == nil && p.pid == 0 {
+	case p.pid == 0:
 		err = fmt.Errorf("process %s not started: %w", r.ExecID, errdefs.ErrFailedPrecondition)
+	default:
+		pid = p.pid
 	}
-	pid := p.pidOrZero()
 	s.mu.Unlock()
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 
 	if r.ExecID != "" {
-		if err := unix.Kill(pid, unix.Signal(r.Signal)); err != nil {
-			if errors.Is(err, unix.ESRCH) {
-				return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "process %s already finished", r.ExecID)
-			}
-			return nil, errgrpc.ToGRPC(fmt.Errorf("signal exec %s: %w", r.ExecID, err))
-		}
-		return empty, nil
+		err = signalExec(pid, r.ExecID, unix.Signal(r.Signal))
+	} else {
+		err = c.kill(ctx, int(r.Signal), r.All)
 	}
-	err = c.runc.Kill(ctx, c.id, int(r.Signal), &runc.KillOpts{All: r.All})
 	if err != nil {
-		if st, serr := c.runc.State(ctx, c.id); serr != nil || st.Status == "stopped" {
-			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "task %s already finished", r.ID)
-		}
-		return nil, errgrpc.ToGRPC(fmt.Errorf("runc kill: %w", runcError(c.bundle, err)))
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return empty, nil
 }
 
-// pidOrZero is p's pid, or 0 for a nil p.
-func (p *process) pidOrZero() int {
-	if p == nil {
-		return 0
+// signalExec sends sig to the exec execID, running as pid.
+func signalExec(pid int, execID string, sig unix.Signal) error {
+	err := unix.Kill(pid, sig)
+	if errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("process %s already finished: %w", execID, errdefs.ErrNotFound)
 	}
-	return p.pid
+	if err != nil {
+		return fmt.Errorf("signal exec %s: %w", execID, err)
+	}
+	return nil
+}
+
+// kill signals the container's init, or with all every process in it,
+// through runc.
+func (c *container) kill(ctx context.Context, sig int, all bool) error {
+	err := c.runc.Kill(ctx, c.id, sig, &runc.KillOpts{All: all})
+	if err == nil {
+		return nil
+	}
+	if st, serr := c.runc.State(ctx, c.id); serr != nil || st.Status == "stopped" {
+		return fmt.Errorf("task %s already finished: %w", c.id, errdefs.ErrNotFound)
+	}
+	return fmt.Errorf("runc kill: %w", runcError(c.bundle, err))
 }
 
 // Pids lists the container's processes, naming the execs among them.
