@@ -200,14 +200,17 @@ func (p *peer) writeControl(fl *flushList, fn func(fr *http2.Framer) error) {
 func (p *peer) flush() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.dirty || p.err != nil || p.writing {
+	if p.err != nil {
 		return
 	}
-	p.dirty = false
 	if len(p.out) > hardMaxOut {
 		p.failLocked(errors.New("peer does not read what it asked for"))
 		return
 	}
+	if !p.dirty || p.writing {
+		return
+	}
+	p.dirty = false
 	n, err := p.tryWrite()
 	if err != nil {
 		p.failLocked(fmt.Errorf("write: %w", err))

@@ -173,3 +173,38 @@ func TestClientThatNeverReads(t *testing.T) {
 		}
 	}
 }
+
+// TestPingFloodWithoutReading sends pings and never reads the answers: the
+// router drops the connection once the answers pile up, instead of growing.
+func TestPingFloodWithoutReading(t *testing.T) {
+	b := startBackend(t, &fakeNamespaces{}, &fakeContent{})
+	r, _ := startRouter(t, newFakeBackends(b, b), Options{})
+	ours, theirs := socketPair(t)
+	defer ours.Close()
+	r.ServeConn(theirs)
+
+	w := newFrameWriter(true).do(func(fr *http2.Framer) {
+		_ = fr.WriteSettings()
+		for range 1 << 14 {
+			_ = fr.WritePing(false, [8]byte{})
+		}
+	})
+	first := append([]byte(http2.ClientPreface), w.bytes()[1:]...)
+	burst := first[len(first)-(1<<14)*17:]
+	if _, err := ours.Write(first); err != nil {
+		t.Fatal(err)
+	}
+	sent := len(first)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if sent > 4*hardMaxOut {
+			break
+		}
+		sent += len(burst)
+		_ = ours.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := ours.Write(burst); err != nil {
+			return // the router hung up
+		}
+	}
+	t.Fatal("router kept taking pings it could not answer")
+}
