@@ -3,6 +3,7 @@
 package launch_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,16 +18,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
 	cgroupv1 "github.com/containerd/cgroups/v3/cgroup1/stats"
 	cgroupv2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	"github.com/containerd/containerd/api/types/runc/options"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -64,9 +69,16 @@ type direct struct {
 	shim   int
 }
 
-// startDirect makes a busybox bundle running spec's process, serves the
-// events API and runs `shim start` in the bundle.
+// startDirect makes a busybox bundle running args, serves the events API
+// and runs `shim start` in the bundle.
 func startDirect(t *testing.T, id string, args ...string) *direct {
+	t.Helper()
+	return startDirectOpts(t, id, nil, args...)
+}
+
+// startDirectOpts is startDirect with runc options on the shim's stdin,
+// as containerd passes them.
+func startDirectOpts(t *testing.T, id string, opts *options.Options, args ...string) *direct {
 	t.Helper()
 	testkit.RequiresRoot(t)
 	bin := filepath.Join(shimDir(t), "containerd-shim-corral-v2")
@@ -96,6 +108,17 @@ func startDirect(t *testing.T, id string, args ...string) *direct {
 		"-publish-binary", "/bin/true", "-id", id, "start")
 	cmd.Dir = d.bundle
 	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+evSock)
+	if opts != nil {
+		a, err := typeurl.MarshalAnyToProto(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := proto.Marshal(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdin = bytes.NewReader(data)
+	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("shim start: %v\n%s", err, out)
@@ -349,4 +372,34 @@ func memoryLimit(t *testing.T, a *anypb.Any) uint64 {
 	}
 	t.Fatalf("stats of type %s", a.GetTypeUrl())
 	return 0
+}
+
+func TestShimCgroupOption(t *testing.T) {
+	testkit.RequiresRoot(t)
+	if cgroups.Mode() == cgroups.Unified {
+		t.Skip("checks the cgroup v1 layout")
+	}
+	const path = "/corral-direct/shim"
+	cg, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startDirectOpts(t, "cg", &options.Options{ShimCgroup: path}, "sleep", "1000")
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", d.shim))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), ":memory:"+path+"\n") {
+		t.Errorf("shim cgroups:\n%s\nwant memory in %s", data, path)
+	}
+	if _, err := d.task.Shutdown(d.ctx(), &taskapi.ShutdownRequest{ID: "cg", Now: true}); err != nil &&
+		!errors.Is(err, ttrpc.ErrClosed) {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if !gone(fmt.Sprint(d.shim), 10*time.Second) {
+		t.Fatalf("shim %d still runs after Shutdown", d.shim)
+	}
+	if err := cg.Delete(); err != nil {
+		t.Errorf("delete cgroup: %v", err)
+	}
 }

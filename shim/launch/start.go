@@ -1,6 +1,7 @@
 package launch
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"corral.dev/shim/task"
 )
 
 // addressFile is where containerd reads a running shim's address from
@@ -71,6 +74,13 @@ func start(f *flags) error {
 	// daemon reads our output as the address, so a failure is not printed;
 	// the shim keeps the score it inherited.
 	_ = adjustOOMScore(cmd.Process.Pid, os.Getppid())
+	if o, err := readOptions(bytes.NewReader(opts)); err == nil && o != nil && o.ShimCgroup != "" {
+		if err := task.MoveToCgroup(cmd.Process.Pid, o.ShimCgroup); err != nil {
+			_ = cmd.Process.Kill()
+			_ = os.Remove(path)
+			return fmt.Errorf("move shim to cgroup %s: %w", o.ShimCgroup, err)
+		}
+	}
 	pid := strconv.Itoa(cmd.Process.Pid)
 	_ = cmd.Process.Release()
 	if err := os.WriteFile(filepath.Join(f.bundle, pidFile), []byte(pid), 0o600); err != nil {

@@ -110,3 +110,20 @@ func (c *cgroup) watchOOMv2(onOOM func()) func() {
 	}()
 	return func() { close(done) }
 }
+
+// MoveToCgroup puts pid into the cgroup at path (relative to the cgroup
+// root), as the ShimCgroup runc option asks for the shim itself.
+func MoveToCgroup(pid int, path string) error {
+	if cgroups.Mode() == cgroups.Unified {
+		m, err := cgroup2.Load(path)
+		if err != nil {
+			return fmt.Errorf("load cgroup %s: %w", path, err)
+		}
+		return m.AddProc(uint64(pid))
+	}
+	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	if err != nil {
+		return fmt.Errorf("load cgroup %s: %w", path, err)
+	}
+	return cg.AddProc(uint64(pid))
+}
