@@ -38,7 +38,8 @@ type peer struct {
 	closed  chan struct{}
 
 	mu       sync.Mutex
-	out      []byte // frames not yet written
+	out      []byte // frames; those from outOff on are not written yet
+	outOff   int
 	spare    []byte
 	writing  bool // the writer goroutine owns out
 	fr       *http2.Framer
@@ -99,7 +100,12 @@ func (w *peerOut) Write(b []byte) (int, error) {
 
 // full reports whether DATA must wait for the output buffer to drain.
 func (p *peer) fullLocked() bool {
-	return len(p.out) >= maxOut
+	return p.pendingLocked() >= maxOut
+}
+
+// pendingLocked returns the bytes buffered and not written yet.
+func (p *peer) pendingLocked() int {
+	return len(p.out) - p.outOff
 }
 
 // writeHeadersLocked encodes fields and writes them as HEADERS plus
@@ -203,7 +209,7 @@ func (p *peer) flush() {
 	if p.err != nil {
 		return
 	}
-	if len(p.out) > hardMaxOut {
+	if p.pendingLocked() > hardMaxOut {
 		p.failLocked(errors.New("peer does not read what it asked for"))
 		return
 	}
@@ -216,8 +222,12 @@ func (p *peer) flush() {
 		p.failLocked(fmt.Errorf("write: %w", err))
 		return
 	}
-	p.out = p.out[:copy(p.out, p.out[n:])]
-	if len(p.out) > 0 || len(p.stalled) > 0 {
+	// The written part is dropped once nothing is left, never copied.
+	p.outOff += n
+	if p.outOff == len(p.out) {
+		p.out, p.outOff = p.out[:0], 0
+	}
+	if p.pendingLocked() > 0 || len(p.stalled) > 0 {
 		p.writing = true
 		select {
 		case p.wake <- struct{}{}:
@@ -226,10 +236,14 @@ func (p *peer) flush() {
 	}
 }
 
-// tryWrite makes one non-blocking write of p.out.
+// tryWrite makes one non-blocking write of what is pending.
 func (p *peer) tryWrite() (int, error) {
+	pending := p.out[p.outOff:]
+	if len(pending) == 0 {
+		return 0, nil
+	}
 	if mc, ok := p.nc.(*memConn); ok {
-		return mc.tryWrite(p.out)
+		return mc.tryWrite(pending)
 	}
 	if p.raw == nil {
 		return 0, nil
@@ -237,7 +251,7 @@ func (p *peer) tryWrite() (int, error) {
 	var n int
 	var werr error
 	err := p.raw.Write(func(fd uintptr) bool {
-		n, werr = syscall.Write(int(fd), p.out)
+		n, werr = syscall.Write(int(fd), pending)
 		return true
 	})
 	switch {
@@ -278,13 +292,14 @@ func (p *peer) writeLoop() {
 // meanwhile.
 func (p *peer) writeSome() bool {
 	p.mu.Lock()
-	if len(p.out) == 0 || p.err != nil {
+	if p.pendingLocked() == 0 || p.err != nil {
 		p.writing = false
 		p.mu.Unlock()
 		return false
 	}
-	chunk := p.out
-	p.out, p.spare = p.spare[:0], nil
+	buf := p.out
+	chunk := buf[p.outOff:]
+	p.out, p.outOff, p.spare = p.spare[:0], 0, nil
 	p.mu.Unlock()
 
 	if p.timeout > 0 {
@@ -294,7 +309,7 @@ func (p *peer) writeSome() bool {
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.spare = chunk[:0]
+	p.spare = buf[:0]
 	if err != nil {
 		p.failLocked(fmt.Errorf("write: %w", err))
 		return false
@@ -315,7 +330,7 @@ func (p *peer) failLocked(err error) {
 	}
 	p.err = err
 	p.writing = false
-	p.out = nil
+	p.out, p.outOff = nil, 0
 	close(p.closed)
 	p.nc.Close()
 }

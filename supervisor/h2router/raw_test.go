@@ -166,7 +166,7 @@ func TestClientThatNeverReads(t *testing.T) {
 	defer r.mu.Unlock()
 	for c := range r.conns {
 		c.p.mu.Lock()
-		n := len(c.p.out)
+		n := c.p.pendingLocked()
 		c.p.mu.Unlock()
 		if n > maxOut+64<<10 {
 			t.Errorf("router buffers %d bytes for a client, want at most %d", n, maxOut+64<<10)
