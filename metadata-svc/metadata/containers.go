@@ -2,16 +2,15 @@ package metadata
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"corral.dev/pluginkit/filters"
 	"corral.dev/pluginkit/identifiers"
@@ -33,20 +32,7 @@ func (db *DB) Containers() *ContainerStore {
 
 // Get returns the container id of namespace ns.
 func (s *ContainerStore) Get(ctx context.Context, ns, id string) (*containersapi.Container, error) {
-	if err := checkNamespace(ns); err != nil {
-		return nil, err
-	}
-	var c *containersapi.Container
-	err := s.db.view(func(tx *bolt.Tx) error {
-		b := objectBucket(tx, ns, keyContainers, id)
-		if b == nil {
-			return fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
-		}
-		var err error
-		c, err = readContainer(b, id)
-		return err
-	})
-	return c, err
+	return containerKind.get(s.db, ns, id)
 }
 
 // List returns the containers of namespace ns that match any of the
@@ -57,32 +43,7 @@ func (s *ContainerStore) List(
 	ns string,
 	fs ...string,
 ) ([]*containersapi.Container, error) {
-	if err := checkNamespace(ns); err != nil {
-		return nil, err
-	}
-	filter, err := filters.ParseAll(fs...)
-	if err != nil {
-		return nil, fmt.Errorf("list containers: %w", err)
-	}
-
-	var list []*containersapi.Container
-	err = s.db.view(func(tx *bolt.Tx) error {
-		b := kindBucket(tx, ns, keyContainers)
-		if b == nil {
-			return nil
-		}
-		return b.ForEachBucket(func(k []byte) error {
-			c, err := readContainer(b.Bucket(k), string(k))
-			if err == nil && filter.Match(containerAdaptor(c)) {
-				list = append(list, c)
-			}
-			return err
-		})
-	})
-	if err != nil {
-		return nil, err
-	}
-	return list, nil
+	return containerKind.list(s.db, ns, fs, containerAdaptor)
 }
 
 // Create stores c in namespace ns, creating the namespace if needed, with
@@ -99,28 +60,8 @@ func (s *ContainerStore) Create(
 	if err := validateContainer(c); err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
 	}
-
 	out := &containersapi.Container{}
-	err := s.db.update(ctx, out, func(tx *bolt.Tx) error {
-		b, err := createKindBucket(tx, ns, keyContainers)
-		if err != nil {
-			return err
-		}
-		cb, err := b.CreateBucket([]byte(c.GetID()))
-		if errors.Is(err, berrors.ErrBucketExists) {
-			return fmt.Errorf("container %q: %w", c.GetID(), errdefs.ErrAlreadyExists)
-		}
-		if err != nil {
-			return fmt.Errorf("create container %q: %w", c.GetID(), err)
-		}
-
-		rec := proto.CloneOf(c)
-		rec.CreatedAt = s.db.stamp(ctx)
-		rec.UpdatedAt = rec.CreatedAt
-		proto.Merge(out, rec)
-		return putRecord(cb, rec)
-	})
-	if err != nil {
+	if err := containerKind.create(ctx, s.db, ns, c.GetID(), c, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -190,6 +131,16 @@ func (s *ContainerStore) Delete(ctx context.Context, ns, id string) error {
 		}
 		return nil
 	})
+}
+
+// containerKind is where and how container records are kept.
+var containerKind = recordKind[*containersapi.Container]{
+	noun:   "container",
+	bucket: keyContainers,
+	read:   readContainer,
+	stamp: func(c *containersapi.Container, at *timestamppb.Timestamp) {
+		c.CreatedAt, c.UpdatedAt = at, at
+	},
 }
 
 // readContainer reads the record of the container bucket b; id, the

@@ -2,7 +2,6 @@ package metadata
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -12,9 +11,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"corral.dev/pluginkit/filters"
 )
@@ -59,20 +58,7 @@ func ValidateImageName(name string) error {
 
 // Get returns the image name of namespace ns.
 func (s *ImageStore) Get(ctx context.Context, ns, name string) (*imagesapi.Image, error) {
-	if err := checkNamespace(ns); err != nil {
-		return nil, err
-	}
-	var img *imagesapi.Image
-	err := s.db.view(func(tx *bolt.Tx) error {
-		b := objectBucket(tx, ns, keyImages, name)
-		if b == nil {
-			return fmt.Errorf("image %q: %w", name, errdefs.ErrNotFound)
-		}
-		var err error
-		img, err = readImage(b, name)
-		return err
-	})
-	return img, err
+	return imageKind.get(s.db, ns, name)
 }
 
 // List returns the images of namespace ns that match any of the filters,
@@ -83,32 +69,7 @@ func (s *ImageStore) List(
 	ns string,
 	fs ...string,
 ) ([]*imagesapi.Image, error) {
-	if err := checkNamespace(ns); err != nil {
-		return nil, err
-	}
-	filter, err := filters.ParseAll(fs...)
-	if err != nil {
-		return nil, fmt.Errorf("list images: %w", err)
-	}
-
-	var list []*imagesapi.Image
-	err = s.db.view(func(tx *bolt.Tx) error {
-		b := kindBucket(tx, ns, keyImages)
-		if b == nil {
-			return nil
-		}
-		return b.ForEachBucket(func(k []byte) error {
-			img, err := readImage(b.Bucket(k), string(k))
-			if err == nil && filter.Match(imageAdaptor(img)) {
-				list = append(list, img)
-			}
-			return err
-		})
-	})
-	if err != nil {
-		return nil, err
-	}
-	return list, nil
+	return imageKind.list(s.db, ns, fs, imageAdaptor)
 }
 
 // Create stores img in namespace ns, creating the namespace if needed, with
@@ -125,28 +86,8 @@ func (s *ImageStore) Create(
 	if err := validateImage(img); err != nil {
 		return nil, fmt.Errorf("create image: %w", err)
 	}
-
 	out := &imagesapi.Image{}
-	err := s.db.update(ctx, out, func(tx *bolt.Tx) error {
-		b, err := createKindBucket(tx, ns, keyImages)
-		if err != nil {
-			return err
-		}
-		ib, err := b.CreateBucket([]byte(img.GetName()))
-		if errors.Is(err, berrors.ErrBucketExists) {
-			return fmt.Errorf("image %q: %w", img.GetName(), errdefs.ErrAlreadyExists)
-		}
-		if err != nil {
-			return fmt.Errorf("create image %q: %w", img.GetName(), err)
-		}
-
-		rec := proto.CloneOf(img)
-		rec.CreatedAt = s.db.stamp(ctx)
-		rec.UpdatedAt = rec.CreatedAt
-		proto.Merge(out, rec)
-		return putRecord(ib, rec)
-	})
-	if err != nil {
+	if err := imageKind.create(ctx, s.db, ns, img.GetName(), img, out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -237,6 +178,16 @@ func checkImageTarget(b *bolt.Bucket, name string, target digest.Digest) error {
 			name, got, target, errdefs.ErrNotFound)
 	}
 	return nil
+}
+
+// imageKind is where and how image records are kept.
+var imageKind = recordKind[*imagesapi.Image]{
+	noun:   "image",
+	bucket: keyImages,
+	read:   readImage,
+	stamp: func(img *imagesapi.Image, at *timestamppb.Timestamp) {
+		img.CreatedAt, img.UpdatedAt = at, at
+	},
 }
 
 // readImage reads the record of the image bucket b; name, the bucket's

@@ -2,15 +2,18 @@ package metadata
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"corral.dev/pluginkit/filters"
 	"corral.dev/pluginkit/identifiers"
 )
 
@@ -120,4 +123,88 @@ func mapField(rest []string, m map[string]string) (string, bool) {
 	}
 	v, ok := m[strings.Join(rest, ".")]
 	return v, ok
+}
+
+// recordKind is one kind of record kept as a proto message in the bucket
+// namespaces/<ns>/<bucket>/<key>, under the key "record".
+type recordKind[T proto.Message] struct {
+	// noun names the kind in messages: "image", "container".
+	noun   string
+	bucket []byte
+	// read decodes the record of an object bucket; key is authoritative.
+	read func(b *bolt.Bucket, key string) (T, error)
+	// stamp sets the record's created_at and updated_at.
+	stamp func(rec T, at *timestamppb.Timestamp)
+}
+
+// get returns the record key of namespace ns.
+func (k recordKind[T]) get(db *DB, ns, key string) (T, error) {
+	var rec T
+	if err := checkNamespace(ns); err != nil {
+		return rec, err
+	}
+	err := db.view(func(tx *bolt.Tx) error {
+		b := objectBucket(tx, ns, k.bucket, key)
+		if b == nil {
+			return fmt.Errorf("%s %q: %w", k.noun, key, errdefs.ErrNotFound)
+		}
+		var err error
+		rec, err = k.read(b, key)
+		return err
+	})
+	return rec, err
+}
+
+// list returns the records of namespace ns that match any of the filters
+// fs, in key order; adapt exposes a record's fields to the filters.
+func (k recordKind[T]) list(db *DB, ns string, fs []string, adapt func(T) filters.Adaptor) ([]T, error) {
+	if err := checkNamespace(ns); err != nil {
+		return nil, err
+	}
+	filter, err := filters.ParseAll(fs...)
+	if err != nil {
+		return nil, fmt.Errorf("list %ss: %w", k.noun, err)
+	}
+
+	var list []T
+	err = db.view(func(tx *bolt.Tx) error {
+		b := kindBucket(tx, ns, k.bucket)
+		if b == nil {
+			return nil
+		}
+		return b.ForEachBucket(func(key []byte) error {
+			rec, err := k.read(b.Bucket(key), string(key))
+			if err == nil && filter.Match(adapt(rec)) {
+				list = append(list, rec)
+			}
+			return err
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return list, nil
+}
+
+// create stores a stamped copy of rec under key in namespace ns, as the call
+// of ctx, creating the namespace if needed; out receives what was stored.
+// An existing key is an [errdefs.ErrAlreadyExists].
+func (k recordKind[T]) create(ctx context.Context, db *DB, ns, key string, rec, out T) error {
+	return db.update(ctx, out, func(tx *bolt.Tx) error {
+		b, err := createKindBucket(tx, ns, k.bucket)
+		if err != nil {
+			return err
+		}
+		ob, err := b.CreateBucket([]byte(key))
+		if errors.Is(err, berrors.ErrBucketExists) {
+			return fmt.Errorf("%s %q: %w", k.noun, key, errdefs.ErrAlreadyExists)
+		}
+		if err != nil {
+			return fmt.Errorf("create %s %q: %w", k.noun, key, err)
+		}
+		rec = proto.CloneOf(rec)
+		k.stamp(rec, db.stamp(ctx))
+		proto.Merge(out, rec)
+		return putRecord(ob, rec)
+	})
 }
