@@ -130,9 +130,23 @@ oom_score = %d
 
 [plugin_host]
   call_wait_timeout = "30s"
-  restart_backoff_max = "2s"
+  restart_backoff_max = "2s"%s
 %s`, l.Root, l.State, s.OOMScore, l.Socket, s.GRPCUID, s.GRPCGID,
-		l.DebugSocket, s.DebugUID, s.DebugGID, l.MetricsAddr, s.Extra)
+		l.DebugSocket, s.DebugUID, s.DebugGID, l.MetricsAddr, routerLine(), s.Extra)
+}
+
+// EnvRouter, when set, picks the daemons' router ("grpc" or "h2") for the
+// whole run, so that CI can run the suite once with each.
+const EnvRouter = "CORRAL_ROUTER"
+
+// routerLine is the [plugin_host] line that picks the router from
+// EnvRouter, or nothing for the default.
+func routerLine() string {
+	r := os.Getenv(EnvRouter)
+	if r == "" {
+		return ""
+	}
+	return fmt.Sprintf("\n  router = %q", r)
 }
 
 // writeConfig writes the configuration for l with s to l.Config.
