@@ -399,7 +399,13 @@ func TestShimCgroupOption(t *testing.T) {
 	if !gone(fmt.Sprint(d.shim), 10*time.Second) {
 		t.Fatalf("shim %d still runs after Shutdown", d.shim)
 	}
-	if err := cg.Delete(); err != nil {
-		t.Errorf("delete cgroup: %v", err)
+	// The exited shim leaves the cgroup once its new parent reaps it.
+	deadline := time.Now().Add(5 * time.Second)
+	for err := cg.Delete(); err != nil; err = cg.Delete() {
+		if time.Now().After(deadline) {
+			t.Errorf("delete cgroup: %v", err)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -632,8 +632,14 @@ func TestBadInput(t *testing.T) {
 			if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), bundle) {
 				t.Errorf("mount left behind under %s", bundle)
 			}
-			if pids := shimsFor(tt.e.ns, id); len(pids) > 0 {
-				t.Errorf("shims left behind: %v", pids)
+			// The shim exits right after answering Shutdown.
+			deadline := time.Now().Add(5 * time.Second)
+			for pids := shimsFor(tt.e.ns, id); len(pids) > 0; pids = shimsFor(tt.e.ns, id) {
+				if time.Now().After(deadline) {
+					t.Errorf("shims left behind: %v", pids)
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
 		})
 	}
