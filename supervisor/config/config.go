@@ -34,7 +34,7 @@ const (
 	DefaultCallWaitTimeout = 30 * time.Second
 	DefaultRestartBackoff  = 10 * time.Second
 	// DefaultRouter is the public socket's router, "grpc" or "h2".
-	DefaultRouter = "grpc"
+	DefaultRouter = "h2"
 )
 
 // Config is the supervisor's configuration.

@@ -99,7 +99,7 @@ func TestDefaultRoundTrip(t *testing.T) {
 
 func TestRouter(t *testing.T) {
 	for _, tt := range []struct{ doc, want string }{
-		{"", "grpc"},
+		{"", "h2"},
 		{"[plugin_host]\nrouter = \"h2\"\n", "h2"},
 		{"[plugin_host]\nrouter = \"grpc\"\n", "grpc"},
 	} {
