@@ -19,9 +19,19 @@ import (
 )
 
 // serve is the long-lived shim: it serves the task API on the socket start
-// passed as fd 3 until the daemon shuts it down.
+// passed as fd 3 until the daemon shuts it down. Its stderr goes nowhere,
+// so a failure is logged.
 func serve(f *flags) error {
 	log := openLog(f)
+	if err := serveLogged(f, log); err != nil {
+		log.Error().Err(err).Msg("shim failed")
+		return err
+	}
+	return nil
+}
+
+// serveLogged does the work of serve.
+func serveLogged(f *flags, log zerolog.Logger) error {
 	// A write to a pipe whose reader left must fail, not kill the shim;
 	// a caught (not ignored) signal is reset for runc and the container.
 	pipes := make(chan os.Signal, 1)
