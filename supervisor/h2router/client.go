@@ -305,7 +305,7 @@ func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 		s.fields = append(s.fields, hf)
 	}
 	local := s.target == "" && r.local[s.service]
-	s.replayable = !local && !r.methods.clientStreams(path)
+	s.replayable = !local && !r.methods.Kind(path).ClientStreams
 	if s.replayable {
 		s.fields = append(s.fields, hpack.HeaderField{Name: pluginkit.CallIDKey, Value: r.callID()})
 	}

@@ -32,6 +32,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"corral.dev/supervisor/apimethods"
 )
 
 // Backends is what the router needs from the plugin host.
@@ -81,7 +83,7 @@ type Options struct {
 type Router struct {
 	backends Backends
 	opts     Options
-	methods  methodTable
+	methods  apimethods.Table
 	local    map[string]bool // services served by opts.Local
 	localLis *pipeListener
 	pool     pool

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"corral.dev/pluginkit"
+	"corral.dev/supervisor/apimethods"
 )
 
 // Backends is what the router needs from the plugin host.
@@ -54,7 +55,7 @@ type Router struct {
 	backends Backends
 	opts     Options
 	codec    codec
-	methods  methodTable
+	methods  apimethods.Table
 	seq      atomic.Uint64
 	prefix   string
 }
@@ -98,11 +99,11 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 	}
 	c.md = outgoing(md)
 
-	kind := r.methods.kind(method)
-	if kind.clientStreams {
+	kind := r.methods.Kind(method)
+	if kind.ClientStreams {
 		return c.forwardStream()
 	}
-	return c.forwardReplayable(kind.serverStreams)
+	return c.forwardReplayable(kind.ServerStreams)
 }
 
 // call is one call on its way through the router.

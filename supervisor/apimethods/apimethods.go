@@ -1,4 +1,7 @@
-package router
+// Package apimethods tells, from the descriptors of containerd's public API,
+// which sides of a method stream, so that the routers know which calls they
+// may hold and replay.
+package apimethods
 
 import (
 	"strings"
@@ -7,7 +10,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
-	// The public API's descriptors tell the router which calls stream.
+	// The public API's descriptors.
 	_ "github.com/containerd/containerd/api/services/containers/v1"
 	_ "github.com/containerd/containerd/api/services/content/v1"
 	_ "github.com/containerd/containerd/api/services/diff/v1"
@@ -21,46 +24,52 @@ import (
 	_ "github.com/containerd/containerd/api/services/transfer/v1"
 )
 
-// kind says which sides of a call stream.
-type kind struct {
-	clientStreams bool
-	serverStreams bool
+// Kind says which sides of a method stream.
+type Kind struct {
+	ClientStreams bool
+	ServerStreams bool
 }
 
-// methodTable caches the kind of each method the router has seen.
-type methodTable struct {
-	m sync.Map // full method name -> kind
+// Bidi is the kind assumed for a method no descriptor knows: forwarding it
+// as streaming both ways is always correct, and it is never replayed.
+var Bidi = Kind{ClientStreams: true, ServerStreams: true}
+
+// Table caches the kinds of the methods it has looked up. Only known methods
+// are kept, so that clients naming made-up methods cannot grow it.
+type Table struct {
+	m sync.Map // full method name -> Kind
 }
 
-// kind returns the kind of a full method name. A method the descriptors do not
-// know is treated as streaming both ways, which forwards any call correctly.
-func (t *methodTable) kind(method string) kind {
+// Kind returns the kind of the full method name "/pkg.Service/Method", and
+// Bidi for a method the descriptors do not have.
+func (t *Table) Kind(method string) Kind {
 	if k, ok := t.m.Load(method); ok {
-		return k.(kind)
+		return k.(Kind)
 	}
-	k := lookupKind(method)
-	t.m.Store(method, k)
+	k, known := lookup(method)
+	if known {
+		t.m.Store(method, k)
+	}
 	return k
 }
 
-func lookupKind(method string) kind {
-	bidi := kind{clientStreams: true, serverStreams: true}
+func lookup(method string) (Kind, bool) {
 	name := strings.TrimPrefix(method, "/")
 	i := strings.LastIndexByte(name, '/')
 	if i < 0 {
-		return bidi
+		return Bidi, false
 	}
 	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name[:i]))
 	if err != nil {
-		return bidi
+		return Bidi, false
 	}
 	sd, ok := d.(protoreflect.ServiceDescriptor)
 	if !ok {
-		return bidi
+		return Bidi, false
 	}
 	md := sd.Methods().ByName(protoreflect.Name(name[i+1:]))
 	if md == nil {
-		return bidi
+		return Bidi, false
 	}
-	return kind{clientStreams: md.IsStreamingClient(), serverStreams: md.IsStreamingServer()}
+	return Kind{ClientStreams: md.IsStreamingClient(), ServerStreams: md.IsStreamingServer()}, true
 }
