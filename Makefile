@@ -25,7 +25,7 @@ build:
 	@if [ -d content-svc/cmd/content-svc ]; then \
 		go build -ldflags "$(LDFLAGS)" -o bin/content-svc ./content-svc/cmd/content-svc; fi
 	@if [ -d shim/cmd/containerd-shim-corral-v2 ]; then \
-		go build -o bin/containerd-shim-corral-v2 ./shim/cmd/containerd-shim-corral-v2; fi
+		CGO_ENABLED=0 go build -o bin/containerd-shim-corral-v2 ./shim/cmd/containerd-shim-corral-v2; fi
 
 ## run: start the daemon on the embedded development configuration (.run/)
 run: deps build
