@@ -283,7 +283,13 @@ func TestNamespaceNotEmpty(t *testing.T) {
 				}
 				remove = func() error { return c.ContainerService().Delete(ctx, "held") }
 			case "blob":
-				dgst := writeBlob(t, ctx, c.ContentStore(), 1<<10)
+				// The collection after the previous case's delete would take a
+				// blob nothing holds, so a lease holds this one.
+				l, err := c.LeasesService().Create(ctx, leases.WithRandomID())
+				if err != nil {
+					t.Fatal(err)
+				}
+				dgst := writeBlob(t, leases.WithLease(ctx, l.ID), c.ContentStore(), 1<<10)
 				remove = func() error { return c.ContentStore().Delete(ctx, dgst) }
 			}
 			if err := nss.Delete(ctx, ns); !errdefs.IsFailedPrecondition(err) {
