@@ -61,11 +61,12 @@ check-protos:
 		diff -r proto "$$tmp/proto" >/dev/null || { echo "proto/: generated code is stale, run make protos"; rm -rf "$$tmp"; exit 1; }; \
 		rm -rf "$$tmp"
 
-## lint: gofmt and go vet in every module
+## lint: gofmt, go vet and staticcheck in every module
 lint:
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 	@set -e; for m in $(MODULES); do \
-		if [ -n "$$(cd $$m && go list ./... 2>/dev/null)" ]; then (cd $$m && go vet ./...); fi; \
+		if [ -n "$$(cd $$m && go list ./... 2>/dev/null)" ]; then \
+			(cd $$m && go vet ./... && staticcheck ./...); fi; \
 	done
 
 clean:

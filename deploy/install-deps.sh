@@ -31,3 +31,4 @@ fi
 install_tool buf github.com/bufbuild/buf/cmd/buf@v1.50.0
 install_tool protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 install_tool protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+install_tool staticcheck honnef.co/go/tools/cmd/staticcheck@v0.8.2

@@ -120,7 +120,6 @@ func startBackend(t *testing.T, ns *fakeNamespaces) *backend {
 type fakeBackends struct {
 	mu      sync.Mutex
 	current *backend
-	swapped chan struct{}
 }
 
 func (f *fakeBackends) Acquire(ctx context.Context, service, target string) (Lease, error) {
