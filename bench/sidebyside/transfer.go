@@ -78,6 +78,7 @@ func (t *transferStats) perMiB(d time.Duration) float64 {
 // transferSet holds the stats of one transfer workload on both sides.
 type transferSet map[*side]*transferStats
 
+// newTransferSet returns empty stats for both sides.
 func newTransferSet(ours, theirs *side) transferSet {
 	return transferSet{ours: {}, theirs: {}}
 }
@@ -247,7 +248,8 @@ func timeCtr(
 	err = cmd.Run()
 	wall := time.Since(start)
 	if err != nil {
-		return 0, CPU{}, fmt.Errorf("run ctr %s: %w\n%s", strings.Join(args, " "), err, out.Bytes())
+		return 0, CPU{}, fmt.Errorf("run ctr %s on %s: %w\n%s\n%s daemon %s",
+			strings.Join(args, " "), s.daemon.Name, err, out.Bytes(), s.daemon.Name, s.daemon.logTail())
 	}
 	after, err := s.daemon.CPU()
 	if err != nil {
