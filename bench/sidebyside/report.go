@@ -45,9 +45,10 @@ func spread(values []float64) Range {
 	return Range{Min: slices.Min(values), Max: slices.Max(values)}
 }
 
-// withRange formats v, followed by rg in brackets when rg is set.
+// withRange formats v, followed by rg in brackets when rg spans more than
+// one value.
 func withRange(v float64, rg Range) string {
-	if rg == (Range{}) {
+	if rg.Min == rg.Max {
 		return number(v)
 	}
 	return fmt.Sprintf("%s (%s-%s)", number(v), number(rg.Min), number(rg.Max))
