@@ -283,6 +283,11 @@ func (c *call) finish(cs grpc.ClientStream, sent bool, err error) (answered bool
 	if err != nil && !sent && unanswered(err, trailer) {
 		return false, err
 	}
+	if status.Code(err) == codes.Canceled && c.ss.Context().Err() == nil {
+		// The client did not cancel: the plugin's connection was closed
+		// under the call, which clients must see as a retryable failure.
+		err = status.Errorf(codes.Unavailable, "plugin connection lost: %s", status.Convert(err).Message())
+	}
 	if !sent {
 		if header, herr := cs.Header(); herr == nil {
 			_ = c.ss.SetHeader(header)
