@@ -306,6 +306,11 @@ func (p *peer) writeSome() bool {
 		_ = p.nc.SetWriteDeadline(time.Now().Add(p.timeout))
 	}
 	_, err := p.nc.Write(chunk)
+	if p.timeout > 0 {
+		// A deadline left behind would fail tryWrite's raw writes once it
+		// passes, long after this write ended.
+		_ = p.nc.SetWriteDeadline(time.Time{})
+	}
 
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -22,10 +22,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -168,8 +170,19 @@ func (r *Router) ServeConn(nc net.Conn) {
 	r.mu.Unlock()
 	go func() {
 		defer r.wg.Done()
-		if err := c.serve(); err != nil {
-			r.opts.Log.Debug().Err(err).Msg("client connection ended")
+		err := c.serve()
+		c.p.mu.Lock()
+		if c.p.err != nil {
+			// The router failed the connection itself; that is the cause.
+			err = c.p.err
+		}
+		c.p.mu.Unlock()
+		switch {
+		case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed),
+			errors.Is(err, syscall.ECONNRESET):
+		default:
+			// The router closed a client's connection: every call on it failed.
+			r.opts.Log.Warn().Err(err).Msg("client connection ended with an error")
 		}
 	}()
 }
