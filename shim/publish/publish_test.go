@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -107,7 +108,9 @@ func TestPublishAfterDaemonRestart(t *testing.T) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if len(d.ids) != 2 || d.ids[1] != "during" {
-		t.Fatalf("forwarded ids = %v, want [before during]", d.ids)
+	// Delivery is at least once: a Forward the closing server handled but
+	// whose answer was lost is sent again. Order and presence are what count.
+	if got := slices.Compact(slices.Clone(d.ids)); !slices.Equal(got, []string{"before", "during"}) {
+		t.Fatalf("forwarded ids = %v, want before then during", d.ids)
 	}
 }
