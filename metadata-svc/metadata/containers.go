@@ -9,7 +9,6 @@ import (
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"corral.dev/pluginkit/filters"
@@ -90,24 +89,8 @@ func (s *ContainerStore) Update(
 	}
 
 	out := &containersapi.Container{}
-	err := s.db.update(ctx, out, func(tx *bolt.Tx) error {
-		b := objectBucket(tx, ns, keyContainers, id)
-		if b == nil {
-			return fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
-		}
-		cur, err := readContainer(b, id)
-		if err != nil {
-			return err
-		}
-
-		next, err := updatedContainer(cur, c, paths)
-		if err != nil {
-			return fmt.Errorf("update container %q: %w", id, err)
-		}
-		next.CreatedAt = cur.GetCreatedAt()
-		next.UpdatedAt = s.db.stamp(ctx)
-		proto.Merge(out, next)
-		return putRecord(b, next)
+	err := containerKind.update(ctx, s.db, ns, id, out, func(cur *containersapi.Container) (*containersapi.Container, error) {
+		return updatedContainer(cur, c, paths)
 	})
 	if err != nil {
 		return nil, err
@@ -121,16 +104,7 @@ func (s *ContainerStore) Delete(ctx context.Context, ns, id string) error {
 	if err := checkNamespace(ns); err != nil {
 		return err
 	}
-	return s.db.update(ctx, &emptypb.Empty{}, func(tx *bolt.Tx) error {
-		if objectBucket(tx, ns, keyContainers, id) == nil {
-			return fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
-		}
-		b := kindBucket(tx, ns, keyContainers)
-		if err := b.DeleteBucket([]byte(id)); err != nil {
-			return fmt.Errorf("delete container %q: %w", id, err)
-		}
-		return nil
-	})
+	return containerKind.remove(ctx, s.db, ns, id, nil)
 }
 
 // containerKind is where and how container records are kept.
@@ -138,8 +112,8 @@ var containerKind = recordKind[*containersapi.Container]{
 	noun:   "container",
 	bucket: keyContainers,
 	read:   readContainer,
-	stamp: func(c *containersapi.Container, at *timestamppb.Timestamp) {
-		c.CreatedAt, c.UpdatedAt = at, at
+	stamp: func(c *containersapi.Container, created, updated *timestamppb.Timestamp) {
+		c.CreatedAt, c.UpdatedAt = created, updated
 	},
 }
 

@@ -12,7 +12,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"corral.dev/pluginkit/filters"
@@ -114,24 +113,8 @@ func (s *ImageStore) Update(
 	}
 
 	out := &imagesapi.Image{}
-	err := s.db.update(ctx, out, func(tx *bolt.Tx) error {
-		b := objectBucket(tx, ns, keyImages, name)
-		if b == nil {
-			return fmt.Errorf("image %q: %w", name, errdefs.ErrNotFound)
-		}
-		cur, err := readImage(b, name)
-		if err != nil {
-			return err
-		}
-
-		next, err := updatedImage(cur, img, paths)
-		if err != nil {
-			return fmt.Errorf("update image %q: %w", name, err)
-		}
-		next.CreatedAt = cur.GetCreatedAt()
-		next.UpdatedAt = s.db.stamp(ctx)
-		proto.Merge(out, next)
-		return putRecord(b, next)
+	err := imageKind.update(ctx, s.db, ns, name, out, func(cur *imagesapi.Image) (*imagesapi.Image, error) {
+		return updatedImage(cur, img, paths)
 	})
 	if err != nil {
 		return nil, err
@@ -147,19 +130,8 @@ func (s *ImageStore) Delete(ctx context.Context, ns, name string, target digest.
 	if err := checkNamespace(ns); err != nil {
 		return err
 	}
-	return s.db.update(ctx, &emptypb.Empty{}, func(tx *bolt.Tx) error {
-		ib := objectBucket(tx, ns, keyImages, name)
-		if ib == nil {
-			return fmt.Errorf("image %q: %w", name, errdefs.ErrNotFound)
-		}
-		if err := checkImageTarget(ib, name, target); err != nil {
-			return err
-		}
-		b := kindBucket(tx, ns, keyImages)
-		if err := b.DeleteBucket([]byte(name)); err != nil {
-			return fmt.Errorf("delete image %q: %w", name, err)
-		}
-		return nil
+	return imageKind.remove(ctx, s.db, ns, name, func(b *bolt.Bucket) error {
+		return checkImageTarget(b, name, target)
 	})
 }
 
@@ -185,8 +157,8 @@ var imageKind = recordKind[*imagesapi.Image]{
 	noun:   "image",
 	bucket: keyImages,
 	read:   readImage,
-	stamp: func(img *imagesapi.Image, at *timestamppb.Timestamp) {
-		img.CreatedAt, img.UpdatedAt = at, at
+	stamp: func(img *imagesapi.Image, created, updated *timestamppb.Timestamp) {
+		img.CreatedAt, img.UpdatedAt = created, updated
 	},
 }
 

@@ -11,6 +11,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"corral.dev/pluginkit/filters"
@@ -125,16 +126,22 @@ func mapField(rest []string, m map[string]string) (string, bool) {
 	return v, ok
 }
 
+// record is a proto message kept by a recordKind.
+type record interface {
+	proto.Message
+	GetCreatedAt() *timestamppb.Timestamp
+}
+
 // recordKind is one kind of record kept as a proto message in the bucket
 // namespaces/<ns>/<bucket>/<key>, under the key "record".
-type recordKind[T proto.Message] struct {
+type recordKind[T record] struct {
 	// noun names the kind in messages: "image", "container".
 	noun   string
 	bucket []byte
 	// read decodes the record of an object bucket; key is authoritative.
 	read func(b *bolt.Bucket, key string) (T, error)
 	// stamp sets the record's created_at and updated_at.
-	stamp func(rec T, at *timestamppb.Timestamp)
+	stamp func(rec T, created, updated *timestamppb.Timestamp)
 }
 
 // get returns the record key of namespace ns.
@@ -203,8 +210,53 @@ func (k recordKind[T]) create(ctx context.Context, db *DB, ns, key string, rec, 
 			return fmt.Errorf("create %s %q: %w", k.noun, key, err)
 		}
 		rec = proto.CloneOf(rec)
-		k.stamp(rec, db.stamp(ctx))
+		at := db.stamp(ctx)
+		k.stamp(rec, at, at)
 		proto.Merge(out, rec)
 		return putRecord(ob, rec)
+	})
+}
+
+// update replaces the record key of namespace ns with what change makes of
+// it, as the call of ctx, keeping created_at and stamping updated_at; out
+// receives what was stored. A missing key is an [errdefs.ErrNotFound].
+func (k recordKind[T]) update(ctx context.Context, db *DB, ns, key string, out T, change func(cur T) (T, error)) error {
+	return db.update(ctx, out, func(tx *bolt.Tx) error {
+		b := objectBucket(tx, ns, k.bucket, key)
+		if b == nil {
+			return fmt.Errorf("%s %q: %w", k.noun, key, errdefs.ErrNotFound)
+		}
+		cur, err := k.read(b, key)
+		if err != nil {
+			return err
+		}
+		next, err := change(cur)
+		if err != nil {
+			return fmt.Errorf("update %s %q: %w", k.noun, key, err)
+		}
+		k.stamp(next, cur.GetCreatedAt(), db.stamp(ctx))
+		proto.Merge(out, next)
+		return putRecord(b, next)
+	})
+}
+
+// remove deletes the record key of namespace ns, as the call of ctx, once
+// check (if not nil) accepts its bucket. A missing key is an
+// [errdefs.ErrNotFound].
+func (k recordKind[T]) remove(ctx context.Context, db *DB, ns, key string, check func(*bolt.Bucket) error) error {
+	return db.update(ctx, &emptypb.Empty{}, func(tx *bolt.Tx) error {
+		ob := objectBucket(tx, ns, k.bucket, key)
+		if ob == nil {
+			return fmt.Errorf("%s %q: %w", k.noun, key, errdefs.ErrNotFound)
+		}
+		if check != nil {
+			if err := check(ob); err != nil {
+				return err
+			}
+		}
+		if err := kindBucket(tx, ns, k.bucket).DeleteBucket([]byte(key)); err != nil {
+			return fmt.Errorf("delete %s %q: %w", k.noun, key, err)
+		}
+		return nil
 	})
 }
