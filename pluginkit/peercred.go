@@ -30,31 +30,42 @@ type peerInfo struct {
 func (peerInfo) AuthType() string { return "peercred" }
 
 func (peerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	pid, err := checkPeer(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	info := peerInfo{Pid: pid}
+	info.SecurityLevel = credentials.NoSecurity
+	return c, info, nil
+}
+
+// checkPeer returns the pid of c's peer when it is the supervisor: the
+// parent of this process, running as the same user. Every server of a plugin
+// runs it on each connection it accepts.
+func checkPeer(c net.Conn) (int32, error) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
-		return nil, nil, fmt.Errorf("peer check: %T is not a unix connection", c)
+		return 0, fmt.Errorf("peer check: %T is not a unix connection", c)
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		return nil, nil, fmt.Errorf("peer check: %w", err)
+		return 0, fmt.Errorf("peer check: %w", err)
 	}
 	var cred *unix.Ucred
 	var credErr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil {
-		return nil, nil, fmt.Errorf("peer check: %w", err)
+		return 0, fmt.Errorf("peer check: %w", err)
 	}
 	if credErr != nil {
-		return nil, nil, fmt.Errorf("peer check: read peer credentials: %w", credErr)
+		return 0, fmt.Errorf("peer check: read peer credentials: %w", credErr)
 	}
 	if int(cred.Uid) != os.Geteuid() || int(cred.Pid) != os.Getppid() {
-		return nil, nil, fmt.Errorf("peer check: pid %d uid %d is not the supervisor: %w",
+		return 0, fmt.Errorf("peer check: pid %d uid %d is not the supervisor: %w",
 			cred.Pid, cred.Uid, errPeerRefused)
 	}
-	info := peerInfo{Pid: cred.Pid}
-	info.SecurityLevel = credentials.NoSecurity
-	return c, info, nil
+	return cred.Pid, nil
 }
 
 func (peerCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {

@@ -47,8 +47,9 @@ type InitContext struct {
 	State string
 	// Config is the value Plugin.Config returned, with the section decoded onto it.
 	Config any
-	// Server takes the plugin's public gRPC services.
-	Server *grpc.Server
+	// Server takes the plugin's public gRPC services; unary methods are
+	// also served on the plugin's lane.
+	Server grpc.ServiceRegistrar
 	// Events publishes events through the supervisor's exchange.
 	Events Publisher
 	// Metrics takes the plugin's own collectors.
@@ -103,6 +104,11 @@ const (
 	// the supervisor can tell a plugin's answer from a broken connection.
 	HandledKey = "corral-handled"
 )
+
+// LaneExport is the key of InfoResponse.Exports that holds the path of the
+// plugin's lane socket, where it serves its unary methods (see package
+// lane). The supervisor reads it and does not show it.
+const LaneExport = "corral.lane"
 
 // SetupPluginName is the name under which a plugin is registered with go-plugin.
 const SetupPluginName = "corral"

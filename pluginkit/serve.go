@@ -3,9 +3,13 @@ package pluginkit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -24,6 +28,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"corral.dev/pluginkit/lane"
 	pluginv1 "corral.dev/proto/plugin/v1"
 )
 
@@ -102,8 +107,10 @@ type host struct {
 	ic      *InitContext
 	initErr error
 
-	mu     sync.Mutex
-	server *grpc.Server
+	mu       sync.Mutex
+	server   *grpc.Server
+	lane     *lane.Server // nil without a lane
+	lanePath string
 }
 
 func (h *host) newServer(opts []grpc.ServerOption) *grpc.Server {
@@ -126,8 +133,67 @@ func (h *host) stop() {
 	h.mu.Lock()
 	s := h.server
 	h.mu.Unlock()
+	h.closeLane()
 	if s != nil {
 		s.Stop()
+	}
+}
+
+// startLane serves the plugin's unary methods on a unix socket in the
+// private directory the supervisor names. Without it, or when listening
+// fails, the supervisor reaches the plugin over HTTP/2 alone.
+func (h *host) startLane() *lane.Server {
+	dir := os.Getenv(plugin.EnvUnixSocketDir)
+	if dir == "" {
+		return nil
+	}
+	path := filepath.Join(dir, fmt.Sprintf("lane-%d", os.Getpid()))
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		h.log.Warn().Err(err).Msg("serving without a lane")
+		return nil
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		h.log.Warn().Err(err).Msg("serving without a lane")
+		return nil
+	}
+	ls := lane.NewServer(lane.ServerOptions{
+		// The same check as the gRPC server's, and the same limits; the
+		// handled mark is for HTTP/2 only, since a lane reply is always
+		// the handler's.
+		Accept: func(nc net.Conn) error {
+			_, err := checkPeer(nc)
+			return err
+		},
+		MaxRecvMsgSize: MaxMsgSize,
+		MaxSendMsgSize: MaxMsgSize,
+		Log:            h.log,
+	})
+	h.mu.Lock()
+	h.lane, h.lanePath = ls, path
+	h.mu.Unlock()
+	go func() {
+		if err := ls.Serve(l); err != nil {
+			h.log.Warn().Err(err).Msg("lane stopped accepting")
+		}
+	}()
+	h.log.Info().Msg("lane listening")
+	return ls
+}
+
+// closeLane closes the lane, cancelling its calls in flight, and removes
+// its socket.
+func (h *host) closeLane() {
+	h.mu.Lock()
+	ls, path := h.lane, h.lanePath
+	h.lane, h.lanePath = nil, ""
+	h.mu.Unlock()
+	if ls == nil {
+		return
+	}
+	ls.Close()
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		h.log.Warn().Err(err).Msg("remove lane socket")
 	}
 }
 
@@ -144,7 +210,7 @@ func (h *host) init(s *grpc.Server) {
 	ic := &InitContext{
 		Root:    os.Getenv(EnvRoot),
 		State:   os.Getenv(EnvState),
-		Server:  s,
+		Server:  registrar{gs: s, lane: h.startLane()},
 		Metrics: h.reg,
 		Log:     h.log,
 	}
@@ -184,6 +250,7 @@ func (h *host) init(s *grpc.Server) {
 }
 
 func (h *host) close() {
+	h.closeLane()
 	if h.ic == nil {
 		return
 	}
@@ -212,8 +279,11 @@ func (h *host) Info(ctx context.Context, _ *pluginv1.InfoRequest) (*pluginv1.Inf
 		return resp, nil
 	}
 	h.mu.Lock()
-	s := h.server
+	s, lanePath := h.server, h.lanePath
 	h.mu.Unlock()
+	if lanePath != "" {
+		resp.Exports[LaneExport] = lanePath
+	}
 	for name := range s.GetServiceInfo() {
 		if !h.plugin.Private && isPublicService(name) {
 			resp.Services = append(resp.Services, name)
@@ -289,6 +359,20 @@ func markHandledStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, 
 }
 
 var handledMD = metadata.Pairs(HandledKey, "1")
+
+// registrar registers each of a plugin's services on its gRPC server and,
+// when it has one, on its lane.
+type registrar struct {
+	gs   *grpc.Server
+	lane *lane.Server
+}
+
+func (r registrar) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	r.gs.RegisterService(desc, impl)
+	if r.lane != nil {
+		r.lane.RegisterService(desc, impl)
+	}
+}
 
 // setupPlugin is what go-plugin dispenses: on the plugin side it initialises
 // the plugin on go-plugin's server, on the supervisor side it hands back the

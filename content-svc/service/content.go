@@ -78,7 +78,7 @@ func NewContent(s *store.Store, log zerolog.Logger) *Content {
 }
 
 // Register registers the service on gs.
-func (c *Content) Register(gs *grpc.Server) {
+func (c *Content) Register(gs grpc.ServiceRegistrar) {
 	api.RegisterContentServer(gs, c)
 }
 

@@ -49,7 +49,7 @@ func NewContainers(
 }
 
 // Register registers the service on gs.
-func (s *Containers) Register(gs *grpc.Server) {
+func (s *Containers) Register(gs grpc.ServiceRegistrar) {
 	containersapi.RegisterContainersServer(gs, s)
 }
 

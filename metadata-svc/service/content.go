@@ -60,7 +60,7 @@ func NewContent(cfg ContentConfig) *Content {
 }
 
 // Register registers the service on gs.
-func (s *Content) Register(gs *grpc.Server) {
+func (s *Content) Register(gs grpc.ServiceRegistrar) {
 	contentapi.RegisterContentServer(gs, s)
 }
 

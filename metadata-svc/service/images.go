@@ -51,7 +51,7 @@ func NewImages(
 }
 
 // Register registers the service on gs.
-func (s *Images) Register(gs *grpc.Server) {
+func (s *Images) Register(gs grpc.ServiceRegistrar) {
 	imagesapi.RegisterImagesServer(gs, s)
 }
 

@@ -29,7 +29,7 @@ func NewLeases(store *metadata.LeaseStore, gc *metadata.GC, log zerolog.Logger) 
 }
 
 // Register registers the service on gs.
-func (s *Leases) Register(gs *grpc.Server) {
+func (s *Leases) Register(gs grpc.ServiceRegistrar) {
 	leasesapi.RegisterLeasesServer(gs, s)
 }
 

@@ -48,7 +48,7 @@ func NewNamespaces(
 }
 
 // Register registers the service on gs.
-func (s *Namespaces) Register(gs *grpc.Server) {
+func (s *Namespaces) Register(gs grpc.ServiceRegistrar) {
 	api.RegisterNamespacesServer(gs, s)
 }
 
