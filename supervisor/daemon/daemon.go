@@ -26,6 +26,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"corral.dev/pluginkit"
+	"corral.dev/pluginkit/lane"
 	adminv1 "corral.dev/proto/admin/v1"
 	"corral.dev/supervisor/config"
 	"corral.dev/supervisor/events"
@@ -252,7 +253,7 @@ func (d *daemon) newPublicServer(exchange *events.Exchange, m *metrics, uuid str
 }
 
 // registerPublic registers the supervisor's own public services on s.
-func registerPublic(s *grpc.Server, h *host.Host, exchange *events.Exchange, uuid string) {
+func registerPublic(s grpc.ServiceRegistrar, h *host.Host, exchange *events.Exchange, uuid string) {
 	versionapi.RegisterVersionServer(s, versionService{})
 	introspectionapi.RegisterIntrospectionServer(s, &introspectionService{host: h, uuid: uuid})
 	eventsapi.RegisterEventsServer(s, exchange)
@@ -266,20 +267,38 @@ func (d *daemon) serveInternal(exchange *events.Exchange, path string) error {
 		d.internal = d.newInternalServer(exchange)
 		return d.listen(d.internal, path, 0o600, os.Getuid(), os.Getgid())
 	}
-	local := grpc.NewServer(
-		grpc.MaxRecvMsgSize(pluginkit.MaxMsgSize),
-		grpc.MaxSendMsgSize(pluginkit.MaxMsgSize),
-	)
-	eventsapi.RegisterEventsServer(local, exchange)
+	local, localLane, reg := localServers(pluginkit.MaxMsgSize, pluginkit.MaxMsgSize, d.log)
+	eventsapi.RegisterEventsServer(reg, exchange)
 	d.internalH2 = h2router.New(d.host, h2router.Options{
 		ByTarget:       true,
 		ReplayTimeout:  d.cfg.CallWaitTimeout(),
 		MaxRecvMsgSize: pluginkit.MaxMsgSize,
 		MaxSendMsgSize: pluginkit.MaxMsgSize,
 		Local:          local,
+		LocalLane:      localLane,
 		Log:            d.log,
 	})
 	return d.serveH2(d.internalH2, path, 0o600, os.Getuid(), os.Getgid())
+}
+
+// localServers returns the servers of the supervisor's own services behind
+// an h2router: a gRPC server for their streaming methods and a lane server
+// that runs their unary methods in process, and a registrar for both.
+func localServers(maxRecv, maxSend int, log zerolog.Logger) (*grpc.Server, *lane.Server, grpc.ServiceRegistrar) {
+	s := grpc.NewServer(grpc.MaxRecvMsgSize(maxRecv), grpc.MaxSendMsgSize(maxSend))
+	l := lane.NewServer(lane.ServerOptions{MaxRecvMsgSize: maxRecv, MaxSendMsgSize: maxSend, Log: log})
+	return s, l, bothRegistrar{s, l}
+}
+
+// bothRegistrar registers each service on a gRPC server and a lane server.
+type bothRegistrar struct {
+	s *grpc.Server
+	l *lane.Server
+}
+
+func (b bothRegistrar) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	b.s.RegisterService(desc, impl)
+	b.l.RegisterService(desc, impl)
 }
 
 // serveH2 serves an h2router on a new unix socket.
@@ -306,16 +325,14 @@ func (d *daemon) servePublic(exchange *events.Exchange, m *metrics, uuid string)
 	}
 	// The supervisor's own services sit behind the router, which counts
 	// every call itself.
-	local := grpc.NewServer(
-		grpc.MaxRecvMsgSize(c.GRPC.MaxRecvMessageSize),
-		grpc.MaxSendMsgSize(c.GRPC.MaxSendMessageSize),
-	)
-	registerPublic(local, d.host, exchange, uuid)
+	local, localLane, reg := localServers(c.GRPC.MaxRecvMessageSize, c.GRPC.MaxSendMessageSize, d.log)
+	registerPublic(reg, d.host, exchange, uuid)
 	d.publicH2 = h2router.New(d.host, h2router.Options{
 		ReplayTimeout:  c.CallWaitTimeout(),
 		MaxRecvMsgSize: c.GRPC.MaxRecvMessageSize,
 		MaxSendMsgSize: c.GRPC.MaxSendMessageSize,
 		Local:          local,
+		LocalLane:      localLane,
 		Observe:        m.observe,
 		Log:            d.log,
 	})

@@ -297,97 +297,127 @@ func (b *backendConn) lost(err error) {
 	b.fl.flush()
 }
 
-// pool keeps one connection per backend address.
-type pool struct {
-	mu    sync.Mutex
-	conns map[string]*poolEntry
+// pooled is what a pool holds: a connection to one backend process.
+type pooled interface {
+	comparable
+	// usable reports whether new calls may go on the connection.
+	usable() bool
+	// poolKey is the key the connection is pooled under.
+	poolKey() string
+	// close ends the connection and the calls on it.
+	close()
 }
 
-type poolEntry struct {
+// pool keeps one connection per backend address.
+type pool[C pooled] struct {
+	mu    sync.Mutex
+	conns map[string]*poolEntry[C]
+}
+
+type poolEntry[C pooled] struct {
 	ready chan struct{}
-	b     *backendConn
+	c     C
 	err   error
 }
 
-// get returns a usable connection to addr, dialing one if needed.
-func (r *Router) getConn(ctx context.Context, addr net.Addr) (*backendConn, error) {
-	key := addr.Network() + ":" + addr.String()
-	pl := &r.pool
+// get returns a usable connection pooled under key, dialing one if needed.
+func (pl *pool[C]) get(ctx context.Context, key string, dial func() (C, error)) (C, error) {
+	var zero C
 	for {
 		pl.mu.Lock()
+		if pl.conns == nil {
+			pl.conns = make(map[string]*poolEntry[C])
+		}
 		e := pl.conns[key]
 		if e == nil {
-			e = &poolEntry{ready: make(chan struct{})}
+			e = &poolEntry[C]{ready: make(chan struct{})}
 			pl.conns[key] = e
 			pl.mu.Unlock()
-			e.b, e.err = r.dialBackend(ctx, key, addr)
+			e.c, e.err = dial()
 			if e.err != nil {
 				pl.mu.Lock()
 				delete(pl.conns, key)
 				pl.mu.Unlock()
 			}
 			close(e.ready)
-			return e.b, e.err
+			return e.c, e.err
 		}
 		pl.mu.Unlock()
 		select {
 		case <-e.ready:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return zero, ctx.Err()
 		}
-		if e.err == nil && e.b.usable() {
-			return e.b, nil
+		if e.err == nil && e.c.usable() {
+			return e.c, nil
 		}
-		if e.b != nil {
-			pl.forget(e.b)
+		if e.c != zero {
+			pl.forget(e.c)
 		}
 	}
 }
 
-// ready returns the pooled connection to addr if there is a usable one.
-func (pl *pool) ready(addr net.Addr) *backendConn {
+// ready returns the connection pooled under key if there is a usable one.
+func (pl *pool[C]) ready(key string) (C, bool) {
+	var zero C
 	pl.mu.Lock()
-	e := pl.conns[addr.Network()+":"+addr.String()]
+	e := pl.conns[key]
 	pl.mu.Unlock()
 	if e == nil {
-		return nil
+		return zero, false
 	}
 	select {
 	case <-e.ready:
 	default:
-		return nil
+		return zero, false
 	}
-	if e.b == nil || !e.b.usable() {
-		return nil
+	if e.c == zero || !e.c.usable() {
+		return zero, false
 	}
-	return e.b
+	return e.c, true
 }
 
-// forget drops b from the pool, so that the next call dials afresh.
-func (pl *pool) forget(b *backendConn) {
+// forget drops c from the pool, so that the next call dials afresh.
+func (pl *pool[C]) forget(c C) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	if e := pl.conns[b.key]; e != nil && e.b == b {
-		delete(pl.conns, b.key)
+	if e := pl.conns[c.poolKey()]; e != nil && e.c == c {
+		delete(pl.conns, c.poolKey())
 	}
 }
 
 // closeAll closes every pooled connection.
-func (pl *pool) closeAll() {
+func (pl *pool[C]) closeAll() {
+	var zero C
 	pl.mu.Lock()
-	var conns []*backendConn
+	var conns []C
 	for k, e := range pl.conns {
 		select {
 		case <-e.ready:
-			if e.b != nil {
-				conns = append(conns, e.b)
+			if e.c != zero {
+				conns = append(conns, e.c)
 			}
 		default:
 		}
 		delete(pl.conns, k)
 	}
 	pl.mu.Unlock()
-	for _, b := range conns {
-		b.p.fail(net.ErrClosed)
+	for _, c := range conns {
+		c.close()
 	}
+}
+
+// addrKey is the pool key of a backend's HTTP/2 socket.
+func addrKey(addr net.Addr) string {
+	return addr.Network() + ":" + addr.String()
+}
+
+func (b *backendConn) poolKey() string { return b.key }
+
+func (b *backendConn) close() { b.p.fail(net.ErrClosed) }
+
+// getConn returns a usable HTTP/2 connection to addr, dialing one if needed.
+func (r *Router) getConn(ctx context.Context, addr net.Addr) (*backendConn, error) {
+	key := addrKey(addr)
+	return r.pool.get(ctx, key, func() (*backendConn, error) { return r.dialBackend(ctx, key, addr) })
 }

@@ -305,9 +305,13 @@ func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 		s.fields = append(s.fields, hf)
 	}
 	local := s.target == "" && r.local[s.service]
-	s.replayable = !local && !r.methods.Kind(path).ClientStreams
+	kind := r.methods.Kind(path)
+	s.replayable = !local && !kind.ClientStreams
 	if s.replayable {
 		s.fields = append(s.fields, hpack.HeaderField{Name: pluginkit.CallIDKey, Value: r.callID()})
+	}
+	if (!local || r.opts.LocalLane != nil) && !kind.ClientStreams && !kind.ServerStreams {
+		s.laneMD, s.lane = laneMetadata(s.fields)
 	}
 
 	c.p.mu.Lock()

@@ -3,11 +3,13 @@ package h2router
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"corral.dev/pluginkit"
+	"corral.dev/pluginkit/lane"
 )
 
 const (
@@ -41,6 +44,8 @@ type fakeNamespaces struct {
 	hang chan struct{}
 	// unavailable makes Get answer Unavailable as its handler's answer.
 	unavailable bool
+	// cancelled, when set, receives the error of a hung Get's context.
+	cancelled chan error
 }
 
 func (f *fakeNamespaces) Get(ctx context.Context, req *namespacesapi.GetNamespaceRequest) (*namespacesapi.GetNamespaceResponse, error) {
@@ -49,13 +54,27 @@ func (f *fakeNamespaces) Get(ctx context.Context, req *namespacesapi.GetNamespac
 	_ = grpc.SetTrailer(ctx, metadata.Pairs(pluginkit.HandledKey, "1", "x-trailer", "t"))
 	_ = grpc.SetHeader(ctx, metadata.Pairs("x-header", "h"))
 	if f.hang != nil {
-		<-f.hang
+		select {
+		case <-f.hang:
+		case <-ctx.Done():
+			if f.cancelled != nil {
+				f.cancelled <- ctx.Err()
+			}
+			return nil, ctx.Err()
+		}
 	}
+	_, hasDeadline := ctx.Deadline()
 	switch {
 	case f.unavailable:
 		return nil, status.Error(codes.Unavailable, "ref locked")
 	case req.Name == "missing":
 		return nil, status.Error(codes.NotFound, "namespace missing: not found")
+	case req.Name == "details":
+		st, err := status.New(codes.FailedPrecondition, "with details").WithDetails(&emptypb.Empty{})
+		if err != nil {
+			return nil, err
+		}
+		return nil, st.Err()
 	}
 	return &namespacesapi.GetNamespaceResponse{Namespace: &namespacesapi.Namespace{
 		Name: req.Name,
@@ -63,6 +82,8 @@ func (f *fakeNamespaces) Get(ctx context.Context, req *namespacesapi.GetNamespac
 			"ns":      first(md.Get(pluginkit.NamespaceKey)),
 			"call-id": first(md.Get(pluginkit.CallIDKey)),
 			"target":  first(md.Get(pluginkit.TargetKey)),
+			"bin":     hex.EncodeToString([]byte(first(md.Get("x-bin")))),
+			"timeout": strconv.FormatBool(hasDeadline),
 		},
 	}}, nil
 }
@@ -136,27 +157,59 @@ func first(v []string) string {
 	return v[0]
 }
 
-// backend is a fake plugin: a real gRPC server on a unix socket.
+// backend is a fake plugin: a real gRPC server on a unix socket and, when
+// the test runs with lanes, a lane server on another.
 type backend struct {
 	srv  *grpc.Server
+	lane *lane.Server // nil without lanes
 	addr net.Addr
 	ns   *fakeNamespaces
 	cs   *fakeContent
 }
 
+// withLanes makes startBackend serve lanes too; TestOverLanes sets it.
+var withLanes bool
+
 func startBackend(t testing.TB, ns *fakeNamespaces, cs *fakeContent) *backend {
 	t.Helper()
-	sock := filepath.Join(shortTemp(t), "b.sock")
-	l, err := net.Listen("unix", sock)
+	dir := shortTemp(t)
+	l, err := net.Listen("unix", filepath.Join(dir, "b.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
-	namespacesapi.RegisterNamespacesServer(srv, ns)
-	contentapi.RegisterContentServer(srv, cs)
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
-	return &backend{srv: srv, addr: l.Addr(), ns: ns, cs: cs}
+	b := &backend{srv: grpc.NewServer(), addr: l.Addr(), ns: ns, cs: cs}
+	var reg grpc.ServiceRegistrar = b.srv
+	if withLanes {
+		ll, err := net.Listen("unix", filepath.Join(dir, "lane"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.lane = lane.NewServer(lane.ServerOptions{Log: zerolog.Nop()})
+		b.addr = &lane.Addr{Addr: l.Addr(), Lane: ll.Addr().String()}
+		reg = both{b.srv, b.lane}
+		go b.lane.Serve(ll)
+	}
+	namespacesapi.RegisterNamespacesServer(reg, ns)
+	contentapi.RegisterContentServer(reg, cs)
+	go b.srv.Serve(l)
+	t.Cleanup(b.stop)
+	return b
+}
+
+// stop ends the backend as a plugin's death would.
+func (b *backend) stop() {
+	b.srv.Stop()
+	if b.lane != nil {
+		b.lane.Close()
+	}
+}
+
+// both registers services on two registrars.
+type both [2]grpc.ServiceRegistrar
+
+func (r both) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	r[0].RegisterService(desc, impl)
+	r[1].RegisterService(desc, impl)
 }
 
 // shortTemp returns a temporary directory whose socket paths fit sun_path.
@@ -217,8 +270,13 @@ func startRouter(t testing.TB, fb Backends, opts Options) (*Router, *grpc.Client
 func startRouterSock(t testing.TB, fb Backends, opts Options) (*Router, *grpc.ClientConn, string) {
 	t.Helper()
 	local := grpc.NewServer()
-	versionapi.RegisterVersionServer(local, fakeVersion{})
 	opts.Local = local
+	var reg grpc.ServiceRegistrar = local
+	if withLanes {
+		opts.LocalLane = lane.NewServer(lane.ServerOptions{Log: zerolog.Nop()})
+		reg = both{local, opts.LocalLane}
+	}
+	versionapi.RegisterVersionServer(reg, fakeVersion{})
 	if opts.ReplayTimeout == 0 {
 		opts.ReplayTimeout = 5 * time.Second
 	}

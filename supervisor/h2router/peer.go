@@ -33,6 +33,7 @@ type peer struct {
 	nc      net.Conn
 	raw     syscall.RawConn // nil when nc has no descriptor
 	timeout time.Duration   // bound of one blocked write; 0 for none
+	hardMax int             // buffered bytes past which the peer is failed
 	unblock func(s *stream, fl *flushList)
 	wake    chan struct{}
 	closed  chan struct{}
@@ -78,6 +79,7 @@ func newPeer(nc net.Conn, timeout time.Duration, recvWindow int64, unblock func(
 		maxFrame:   16384,
 		recvAvail:  65535,
 		recvWindow: recvWindow,
+		hardMax:    hardMaxOut,
 	}
 	if sc, ok := nc.(syscall.Conn); ok {
 		p.raw, _ = sc.SyscallConn()
@@ -209,7 +211,7 @@ func (p *peer) flush() {
 	if p.err != nil {
 		return
 	}
-	if p.pendingLocked() > hardMaxOut {
+	if p.pendingLocked() > p.hardMax {
 		p.failLocked(errors.New("peer does not read what it asked for"))
 		return
 	}

@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"corral.dev/pluginkit/lane"
 	"corral.dev/supervisor/apimethods"
 )
 
@@ -74,6 +75,9 @@ type Options struct {
 	// serves it over in-memory connections and stops it with the router;
 	// its services must be registered before New.
 	Local *grpc.Server
+	// LocalLane, if set, has the unary methods of Local's services too:
+	// the router then runs those calls in process, with no connection.
+	LocalLane *lane.Server
 	// Observe, if set, is called once per call with its full method name,
 	// its start and its outcome (a status error, nil for OK).
 	Observe func(method string, start time.Time, err error)
@@ -88,7 +92,8 @@ type Router struct {
 	methods  apimethods.Table
 	local    map[string]bool // services served by opts.Local
 	localLis *pipeListener
-	pool     pool
+	pool     pool[*backendConn]
+	lanes    pool[*laneConn]
 	seq      atomic.Uint64
 	prefix   string
 	ctx      context.Context
@@ -117,7 +122,6 @@ func New(backends Backends, opts Options) *Router {
 		listeners: make(map[net.Listener]bool),
 		conns:     make(map[*clientConn]bool),
 	}
-	r.pool.conns = make(map[string]*poolEntry)
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	if opts.Local != nil {
 		for name := range opts.Local.GetServiceInfo() {
@@ -211,6 +215,7 @@ func (r *Router) Stop() {
 	r.wg.Wait()
 	r.cancel()
 	r.pool.closeAll()
+	r.lanes.closeAll()
 	if r.opts.Local != nil {
 		r.opts.Local.Stop()
 		r.localLis.Close()
@@ -261,6 +266,9 @@ func (s *stream) tryOpen(fl *flushList) bool {
 	var addr net.Addr
 	release := func() {}
 	switch tb, ok := r.backends.(TryBackends); {
+	case s.target == "" && r.local[s.service] && s.lane:
+		s.attachLocal(fl)
+		return true
 	case s.target == "" && r.local[s.service]:
 		addr = localAddr{}
 	case ok:
@@ -270,8 +278,20 @@ func (s *stream) tryOpen(fl *flushList) bool {
 	default:
 		return false
 	}
-	b := r.pool.ready(addr)
-	if b == nil {
+	if path := lane.LaneOf(addr); s.lane && path != "" {
+		l, ok := r.lanes.ready(path)
+		if !ok {
+			release()
+			return false
+		}
+		if err := s.attachLane(fl, l, release); err != nil {
+			release()
+			return errors.Is(err, errFinished)
+		}
+		return true
+	}
+	b, ok := r.pool.ready(addrKey(addr))
+	if !ok {
 		release()
 		return false
 	}
@@ -341,6 +361,18 @@ func (s *stream) connect(fl *flushList, replay bool) error {
 	addr, release, err := r.acquire(s.ctx, s.service, s.target)
 	if err != nil {
 		return err
+	}
+	if path := lane.LaneOf(addr); s.lane && path != "" {
+		l, err := r.getLane(s.ctx, path)
+		if err != nil {
+			release()
+			return fmt.Errorf("%w: %w", errRetry, err)
+		}
+		if err := s.attachLane(fl, l, release); err != nil {
+			release()
+			return err
+		}
+		return nil
 	}
 	b, err := r.getConn(s.ctx, addr)
 	if err != nil {

@@ -336,7 +336,7 @@ func TestBackendKilledMidStream(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dying.srv.Stop()
+	dying.stop()
 	for {
 		_, err := doomed.Recv()
 		if err == nil {
@@ -372,7 +372,7 @@ func TestReplaysCallWhosePluginDied(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		fb.swap(nsService, nextBackend)
-		old.srv.Stop()
+		old.stop()
 		close(dying.hang)
 	}()
 

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"corral.dev/pluginkit"
+	"corral.dev/pluginkit/lane"
 )
 
 // stream is one call: a client stream and, once the backend is known, the
@@ -36,6 +37,14 @@ type stream struct {
 	bid     uint32
 	release func()
 	sentAny bool // bytes of this call reached some backend
+
+	// A unary call goes on the plugin's lane when it has one (see lane.go)
+	// instead of an HTTP/2 stream; then b is nil.
+	lane   bool         // the call may take a lane
+	laneMD []lane.Field // its metadata as the lane carries it
+	ln     *laneConn
+	lid    uint32
+	inProc *lane.Server // set when the call runs in the supervisor
 
 	// Client to backend.
 	up          []byte
@@ -107,7 +116,7 @@ func (s *stream) onClientData(fl *flushList, data []byte, flowLen int64, end boo
 			"grpc: received message larger than max (%d vs. %d)", n, s.c.r.opts.MaxRecvMsgSize))
 		return nil
 	}
-	if s.replayable && len(s.up)+len(data) > replayLimit {
+	if s.replayable && !s.lane && len(s.up)+len(data) > replayLimit {
 		s.stopRetainingLocked()
 	}
 	s.up = append(s.up, data...)
@@ -137,6 +146,10 @@ func (s *stream) stopRetainingLocked() {
 // drainUpLocked sends queued request bytes as far as the backend's windows
 // allow, and gives the client back the window of what left.
 func (s *stream) drainUpLocked(fl *flushList) {
+	if s.ln != nil || s.inProc != nil {
+		s.drainLaneLocked(fl)
+		return
+	}
 	if s.b == nil || s.finished {
 		return
 	}
@@ -409,6 +422,7 @@ func (s *stream) failLocked(fl *flushList, code codes.Code, msg string) {
 	if s.b != nil {
 		s.b.p.writeRST(fl, s.bid, http2.ErrCodeCancel)
 	}
+	s.cancelLaneLocked(fl)
 	s.finishLocked(fl)
 }
 
@@ -429,6 +443,7 @@ func (s *stream) onClientReset(fl *flushList, code http2.ErrCode) {
 	if s.b != nil {
 		s.b.p.writeRST(fl, s.bid, code)
 	}
+	s.cancelLaneLocked(fl)
 	s.code = codes.Canceled
 	s.upEnd = true
 	s.finishLocked(fl)
@@ -467,7 +482,7 @@ func (s *stream) onBackendLost(fl *flushList, cause error) {
 	if s.finished || s.replayLocked(fl) {
 		return
 	}
-	s.b = nil
+	s.b, s.ln = nil, nil
 	s.failLocked(fl, codes.Unavailable, fmt.Sprintf("plugin connection lost: %v", cause))
 }
 
@@ -494,10 +509,17 @@ func (s *stream) detachLocked(fl *flushList) {
 		delete(s.b.streams, s.bid)
 		p.mu.Unlock()
 	}
+	if s.ln != nil {
+		p := s.ln.p
+		p.mu.Lock()
+		delete(s.ln.calls, s.lid)
+		p.mu.Unlock()
+	}
 	if s.release != nil {
 		s.release()
 	}
 	s.b, s.bid, s.release = nil, 0, nil
+	s.ln, s.lid = nil, 0
 	s.blockedUp = false
 }
 

@@ -56,6 +56,7 @@ type Instance struct {
 	proc      *procRunner
 	conn      *grpc.ClientConn
 	info      *pluginv1.InfoResponse
+	lane      string // the process's lane socket, "" when it has none
 	startedAt time.Time
 	restarts  int
 	lastErr   error
@@ -163,8 +164,15 @@ func (in *Instance) start() error {
 		return fmt.Errorf("start plugin %s from %s: %w", spec.Plugin.ID, spec.Path, err)
 	}
 
+	lanePath := info.Exports[pluginkit.LaneExport]
+	delete(info.Exports, pluginkit.LaneExport)
+	if lanePath != "" && filepath.Dir(lanePath) != filepath.Clean(sockDir) {
+		in.log.Warn().Str("lane", lanePath).Msg("plugin's lane socket is outside its socket directory; not used")
+		lanePath = ""
+	}
+
 	in.mu.Lock()
-	in.client, in.proc, in.conn, in.info = client, proc, conn, info
+	in.client, in.proc, in.conn, in.info, in.lane = client, proc, conn, info, lanePath
 	in.startedAt = time.Now()
 	in.mu.Unlock()
 	if info.InitError != "" {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net"
 
+	"corral.dev/pluginkit/lane"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -56,7 +58,7 @@ func (h *Host) TryAcquireAddr(service, target string) (addr net.Addr, release fu
 // addr returns the socket address of the plugin's current process.
 func (in *Instance) addr() net.Addr {
 	in.mu.Lock()
-	client := in.client
+	client, lanePath := in.client, in.lane
 	in.mu.Unlock()
 	if client == nil {
 		return nil
@@ -64,6 +66,9 @@ func (in *Instance) addr() net.Addr {
 	rc := client.ReattachConfig()
 	if rc == nil {
 		return nil
+	}
+	if lanePath != "" {
+		return &lane.Addr{Addr: rc.Addr, Lane: lanePath}
 	}
 	return rc.Addr
 }

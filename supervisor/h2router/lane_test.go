@@ -1,0 +1,138 @@
+package h2router
+
+import (
+	"context"
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+
+	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	_ "google.golang.org/grpc/encoding/gzip" // registers the compressor TestLaneLeavesCompressedCalls uses
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"corral.dev/pluginkit/lane"
+)
+
+// TestOverLanes runs the tests of unary behaviour again with backends that
+// serve lanes, as plugin processes do, and the lane's own tests.
+func TestOverLanes(t *testing.T) {
+	withLanes = true
+	t.Cleanup(func() { withLanes = false })
+	for _, tc := range []struct {
+		name string
+		fn   func(*testing.T)
+	}{
+		{"UnaryForwardsMetadataAndStatus", TestUnaryForwardsMetadataAndStatus},
+		{"WaitingBackends", TestWaitingBackends},
+		{"ByTarget", TestByTarget},
+		{"LocalServices", TestLocalServices},
+		{"StreamsBothWays", TestStreamsBothWays},
+		{"MessageSizeLimits", TestMessageSizeLimits},
+		{"BackendKilledMidStream", TestBackendKilledMidStream},
+		{"ReplaysCallWhosePluginDied", TestReplaysCallWhosePluginDied},
+		{"DoesNotReplayAnsweredUnavailable", TestDoesNotReplayAnsweredUnavailable},
+		{"GracefulStop", TestGracefulStop},
+		{"UnaryTakesLane", testUnaryTakesLane},
+		{"LaneLargeMessages", testLaneLargeMessages},
+		{"LaneCancel", testLaneCancel},
+		{"LaneLeavesCompressedCalls", testLaneLeavesCompressedCalls},
+	} {
+		t.Run(tc.name, tc.fn)
+	}
+}
+
+// testUnaryTakesLane checks that a unary call went on the lane, with its
+// binary metadata, deadline and status details intact.
+func testUnaryTakesLane(t *testing.T) {
+	fb, b := newPair(t)
+	r, conn := startRouter(t, fb, Options{})
+	client := namespacesapi.NewNamespacesClient(conn)
+
+	ctx, cancel := context.WithTimeout(nsCtx(), 10*time.Second)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, "x-bin", "\x00\xffbinary")
+	resp, err := client.Get(ctx, &namespacesapi.GetNamespaceRequest{Name: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels := resp.Namespace.Labels
+	if labels["bin"] != hex.EncodeToString([]byte("\x00\xffbinary")) || labels["timeout"] != "true" {
+		t.Errorf("plugin saw binary metadata %q and deadline %s", labels["bin"], labels["timeout"])
+	}
+	if _, ok := r.lanes.ready(lane.LaneOf(b.addr)); !ok {
+		t.Error("no lane to the plugin after a unary call")
+	}
+	if _, ok := r.pool.ready(addrKey(b.addr)); ok {
+		t.Error("a unary call opened an HTTP/2 connection to a plugin with a lane")
+	}
+
+	_, err = client.Get(nsCtx(), &namespacesapi.GetNamespaceRequest{Name: "details"})
+	st := status.Convert(err)
+	if st.Code() != codes.FailedPrecondition || st.Message() != "with details" || len(st.Details()) != 1 {
+		t.Errorf("Get(details) = %v with details %v, want FailedPrecondition with one detail", err, st.Details())
+	}
+}
+
+// testLaneLargeMessages sends a request and an answer larger than the
+// stream windows.
+func testLaneLargeMessages(t *testing.T) {
+	fb, _ := newPair(t)
+	_, conn := startRouter(t, fb, Options{})
+	name := strings.Repeat("n", 3<<20)
+	resp, err := namespacesapi.NewNamespacesClient(conn).Get(nsCtx(), &namespacesapi.GetNamespaceRequest{Name: name},
+		grpc.MaxCallRecvMsgSize(8<<20), grpc.MaxCallSendMsgSize(8<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Namespace.Name != name {
+		t.Errorf("answer carries a name of %d bytes, want %d", len(resp.Namespace.Name), len(name))
+	}
+}
+
+// testLaneCancel cancels a call the plugin holds: the plugin's handler sees
+// it, and the router forgets the call and releases the plugin.
+func testLaneCancel(t *testing.T) {
+	ns := &fakeNamespaces{hang: make(chan struct{}), cancelled: make(chan error, 1)}
+	b := startBackend(t, ns, &fakeContent{})
+	fb := newFakeBackends(b, b)
+	r, conn := startRouter(t, fb, Options{})
+	ctx, cancel := context.WithCancel(nsCtx())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := namespacesapi.NewNamespacesClient(conn).Get(ctx, &namespacesapi.GetNamespaceRequest{Name: "a"})
+		errc <- err
+	}()
+	waitFor(t, "the plugin to take the call", func() bool { return ns.calls.Load() == 1 })
+	cancel()
+	if err := <-errc; status.Code(err) != codes.Canceled {
+		t.Errorf("cancelled Get = %v, want Canceled", err)
+	}
+	select {
+	case <-ns.cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the plugin's handler never saw the cancellation")
+	}
+	waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
+}
+
+// testLaneLeavesCompressedCalls: a client that compresses its messages is
+// served over HTTP/2, where the plugin's gRPC server decompresses.
+func testLaneLeavesCompressedCalls(t *testing.T) {
+	fb, b := newPair(t)
+	r, conn := startRouter(t, fb, Options{})
+	resp, err := namespacesapi.NewNamespacesClient(conn).Get(nsCtx(), &namespacesapi.GetNamespaceRequest{Name: "z"},
+		grpc.UseCompressor("gzip"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Namespace.Name != "z" {
+		t.Errorf("answer for %q, want z", resp.Namespace.Name)
+	}
+	if _, ok := r.pool.ready(addrKey(b.addr)); !ok {
+		t.Error("a compressed call did not go over HTTP/2")
+	}
+}
