@@ -26,8 +26,21 @@
 // here, u32 length, bytes), so that the supervisor moves it between the
 // client's DATA frames and a lane without copying it into a new shape.
 //
-// Streaming calls, and calls whose client compresses its messages, stay on
-// HTTP/2.
+// A server-streaming call (one request, a stream of answers) starts with the
+// same call frame. The plugin then sends its answers as message frames, each
+// one length-prefixed message for the call, after a header frame when the
+// handler sends header metadata before its first message, and ends the call
+// with a reply frame that carries no message. A message frame may go only
+// while the call has credit: each call starts with InitialCredit bytes, a
+// message costs its length, and the supervisor grants more with credit
+// frames (body: u32 bytes) as the client takes the messages, so that a client
+// that stops reading holds the plugin back instead of filling the
+// supervisor's memory. A message may take the credit below zero; the next
+// waits until it is positive again. Header body: metadata. Message body: the
+// message.
+//
+// Client-streaming and bidirectional calls, and calls whose client
+// compresses its messages, stay on HTTP/2.
 package lane
 
 import (
@@ -44,7 +57,13 @@ const (
 	TypeCall   byte = 1
 	TypeCancel byte = 2
 	TypeReply  byte = 3
+	TypeMsg    byte = 4
+	TypeCredit byte = 5
+	TypeHeader byte = 6
 )
+
+// InitialCredit is the credit each server-streaming call starts with.
+const InitialCredit = 1 << 20
 
 // HeaderLen is the length of a frame's header.
 const HeaderLen = 9
@@ -139,6 +158,52 @@ func AppendReply(b []byte, id uint32, r *Reply) []byte {
 		b = append(b, r.Msg...)
 	}
 	return finish(b, start)
+}
+
+// AppendMsgFrame appends a message frame to b; msg is length-prefixed.
+func AppendMsgFrame(b []byte, id uint32, msg []byte) []byte {
+	b, start := appendHeader(b, TypeMsg, id)
+	b = append(b, msg...)
+	return finish(b, start)
+}
+
+// AppendCredit appends a credit frame granting n bytes to b.
+func AppendCredit(b []byte, id uint32, n uint32) []byte {
+	b, start := appendHeader(b, TypeCredit, id)
+	b = binary.BigEndian.AppendUint32(b, n)
+	return finish(b, start)
+}
+
+// AppendHeader appends a header frame to b.
+func AppendHeader(b []byte, id uint32, md []Field) []byte {
+	b, start := appendHeader(b, TypeHeader, id)
+	b = appendMD(b, md)
+	return finish(b, start)
+}
+
+// ParseMsg returns the message of a message frame's body.
+func ParseMsg(body []byte) ([]byte, error) {
+	p := parser{b: body}
+	msg := p.msg()
+	return msg, p.err
+}
+
+// ParseCredit returns the bytes a credit frame's body grants.
+func ParseCredit(body []byte) (uint32, error) {
+	if len(body) != 4 {
+		return 0, fmt.Errorf("%w: credit body of %d bytes", ErrMalformed, len(body))
+	}
+	return binary.BigEndian.Uint32(body), nil
+}
+
+// ParseHeader returns the metadata of a header frame's body.
+func ParseHeader(body []byte) ([]Field, error) {
+	p := parser{b: body}
+	md := p.md()
+	if p.err == nil && len(p.b) != 0 {
+		p.err = fmt.Errorf("%w: %d bytes after header metadata", ErrMalformed, len(p.b))
+	}
+	return md, p.err
 }
 
 // AppendMsg appends payload to b in length-prefixed form.
