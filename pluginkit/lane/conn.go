@@ -17,7 +17,7 @@ import (
 const keepBuf = 256 << 10
 
 // conn is one lane connection: a reader loop, a goroutine per call, and a
-// write buffer that replies finishing together share.
+// write buffer that frames queued together share.
 type conn struct {
 	s      *Server
 	nc     net.Conn
@@ -25,20 +25,26 @@ type conn struct {
 	cancel context.CancelFunc
 
 	mu    sync.Mutex // guards calls
-	calls map[uint32]context.CancelFunc
+	calls map[uint32]callEntry
 
 	wmu      sync.Mutex // guards the fields below
-	wbuf     []byte     // replies waiting for the flusher
+	wbuf     []byte     // frames waiting for the flusher
 	spare    []byte     // the buffer last written, for reuse
 	flushing bool       // a goroutine is writing wbuf out
-	dead     bool       // the connection ended; replies are dropped
+	dead     bool       // the connection ended; frames are dropped
 
 	closeOnce sync.Once
 }
 
+// callEntry is a call in flight on a connection.
+type callEntry struct {
+	cancel context.CancelFunc
+	flow   *flow // a server-streaming call's credit; nil for a unary call
+}
+
 func newConn(s *Server, nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &conn{s: s, nc: nc, ctx: ctx, cancel: cancel, calls: make(map[uint32]context.CancelFunc)}
+	return &conn{s: s, nc: nc, ctx: ctx, cancel: cancel, calls: make(map[uint32]callEntry)}
 }
 
 // serve reads frames until the connection ends, then closes it.
@@ -71,11 +77,20 @@ func (c *conn) serve() {
 					Msg("lane connection closed on a cancel frame with a body")
 				return
 			}
-			c.mu.Lock()
-			cancel := c.calls[id]
-			c.mu.Unlock()
-			if cancel != nil {
-				cancel()
+			if e, ok := c.entry(id); ok {
+				e.cancel()
+			}
+		case TypeCredit:
+			n, err := ParseCredit(body)
+			if err != nil {
+				log.Warn().Err(err).Uint32("id", id).
+					Msg("lane connection closed on a bad credit frame")
+				return
+			}
+			// A grant may cross the end of its call: then it has no entry,
+			// or one of a new call with the same id, which is harmless.
+			if e, ok := c.entry(id); ok && e.flow != nil {
+				e.flow.grant(n)
 			}
 		default:
 			log.Warn().Uint8("type", typ).Msg("lane connection closed on an unknown frame type")
@@ -90,8 +105,20 @@ func (c *conn) ended(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || c.ctx.Err() != nil
 }
 
+func (c *conn) entry(id uint32) (callEntry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.calls[id]
+	return e, ok
+}
+
 // start runs call on its own goroutine, unless id is in flight already.
 func (c *conn) start(id uint32, call *Call) bool {
+	m, known := c.s.reg.Load().methods[call.Method]
+	var fl *flow
+	if m.stream != nil {
+		fl = newFlow()
+	}
 	ctx, cancel := context.WithCancel(c.ctx)
 	c.mu.Lock()
 	if _, dup := c.calls[id]; dup {
@@ -99,11 +126,19 @@ func (c *conn) start(id uint32, call *Call) bool {
 		cancel()
 		return false
 	}
-	c.calls[id] = cancel
+	c.calls[id] = callEntry{cancel: cancel, flow: fl}
 	c.mu.Unlock()
 
 	go func() {
-		r := c.s.Dispatch(ctx, call)
+		var r *Reply
+		switch {
+		case !known:
+			r = c.s.unknown(call.Method)
+		case fl != nil:
+			r = c.serveStream(ctx, id, m, call, fl)
+		default:
+			r = c.s.unary(ctx, m, call)
+		}
 		// The id is free again before the reply leaves: the peer may reuse
 		// it as soon as it reads the reply.
 		c.mu.Lock()
@@ -115,28 +150,37 @@ func (c *conn) start(id uint32, call *Call) bool {
 	return true
 }
 
-// send queues a reply. The goroutine that finds no flush under way becomes
-// the flusher: it yields once so that replies finishing at about the same
-// time join the buffer, then writes until the buffer is empty.
+// send queues a reply and flushes it if no other goroutine is flushing.
 func (c *conn) send(id uint32, r *Reply) {
-	c.wmu.Lock()
-	if c.dead {
-		c.wmu.Unlock()
-		return
+	_, flush := c.enqueue(func(b []byte) []byte { return appendReplyFrame(b, id, r) })
+	if flush {
+		c.flush()
 	}
-	c.wbuf = appendReplyFrame(c.wbuf, id, r)
-	if c.flushing {
-		c.wmu.Unlock()
-		return
-	}
-	c.flushing = true
-	c.wmu.Unlock()
-
-	runtime.Gosched()
-	c.flush()
 }
 
+// enqueue appends frames to the write buffer with add, unless the
+// connection has ended (queued false). The caller that finds no flush under
+// way becomes the flusher (flush true) and must call flush, after releasing
+// its own locks since a write may block.
+func (c *conn) enqueue(add func([]byte) []byte) (queued, flush bool) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.dead {
+		return false, false
+	}
+	c.wbuf = add(c.wbuf)
+	if c.flushing {
+		return true, false
+	}
+	c.flushing = true
+	return true, true
+}
+
+// flush is the flusher's work: it yields once so that frames queued at
+// about the same time join the buffer, then writes until the buffer is
+// empty.
 func (c *conn) flush() {
+	runtime.Gosched()
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	for len(c.wbuf) > 0 && !c.dead {
@@ -176,14 +220,16 @@ func appendReplyFrame(b []byte, id uint32, r *Reply) []byte {
 }
 
 // close ends the connection: it cancels the calls in flight, drops their
-// replies and closes the socket.
+// frames and closes the socket.
 func (c *conn) close() {
 	c.closeOnce.Do(func() {
-		c.cancel()
+		// Frames are dropped before the calls learn of the end, so that no
+		// reply to a cancelled call goes out ahead of the close.
 		c.wmu.Lock()
 		c.dead = true
 		c.wbuf, c.spare = nil, nil
 		c.wmu.Unlock()
+		c.cancel()
 		c.nc.Close()
 	})
 }

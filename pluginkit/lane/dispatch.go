@@ -14,24 +14,29 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 )
 
-// Dispatch runs the call c in this process and returns its outcome. The
-// handler's context is derived from ctx, with a deadline when c.Timeout is
-// set, c.MD as incoming metadata, and a grpc.ServerTransportStream whose
+// Dispatch runs the unary call c in this process and returns its outcome.
+// The handler's context is derived from ctx, with a deadline when c.Timeout
+// is set, c.MD as incoming metadata, and a grpc.ServerTransportStream whose
 // header and trailer end up in the reply. A handler that panics is not
-// recovered, as with grpc.Server.
+// recovered, as with grpc.Server. A call to a server-streaming method is
+// answered Unimplemented: its messages need a connection to go on.
 func (s *Server) Dispatch(ctx context.Context, c *Call) *Reply {
 	m, ok := s.reg.Load().methods[c.Method]
-	if !ok {
+	switch {
+	case !ok:
 		return s.unknown(c.Method)
+	case m.stream != nil:
+		return errorReply(status.Errorf(codes.Unimplemented,
+			"lane: %s is a streaming method, which Dispatch does not serve", c.Method))
 	}
-	if c.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.Timeout)
-		defer cancel()
-	}
+	return s.unary(ctx, m, c)
+}
+
+// unary runs the unary call c to m.
+func (s *Server) unary(ctx context.Context, m method, c *Call) *Reply {
 	ts := &transportStream{method: c.Method}
-	ctx = metadata.NewIncomingContext(ctx, incoming(c.MD))
-	ctx = grpc.NewContextWithServerTransportStream(ctx, ts)
+	ctx, cancel := callContext(ctx, c, ts)
+	defer cancel()
 
 	var r *Reply
 	resp, err := m.handler(m.impl, ctx, s.decoder(c.Msg), s.opts.Interceptor)
@@ -46,6 +51,21 @@ func (s *Server) Dispatch(ctx context.Context, c *Call) *Reply {
 	}
 	r.Header, r.Trailer = ts.finish()
 	return r
+}
+
+// callContext derives a call's context from ctx: the call's deadline, its
+// metadata as incoming metadata, and ts as its grpc.ServerTransportStream.
+func callContext(
+	ctx context.Context,
+	c *Call,
+	ts *transportStream,
+) (context.Context, context.CancelFunc) {
+	cancel := context.CancelFunc(func() {})
+	if c.Timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, c.Timeout)
+	}
+	ctx = metadata.NewIncomingContext(ctx, incoming(c.MD))
+	return grpc.NewContextWithServerTransportStream(ctx, ts), cancel
 }
 
 // unknown answers a call for a method that is not registered, in grpc-go's
@@ -65,25 +85,28 @@ func (s *Server) unknown(full string) *Reply {
 
 // decoder returns the handler's function to decode the request msg into.
 func (s *Server) decoder(msg []byte) func(any) error {
-	return func(v any) error {
-		payload, err := MsgPayload(msg)
-		if err != nil {
-			return status.Error(codes.Internal, err.Error())
-		}
-		if limit := s.opts.MaxRecvMsgSize; limit > 0 && len(payload) > limit {
-			return status.Errorf(codes.ResourceExhausted,
-				"grpc: received message larger than max (%d vs. %d)", len(payload), limit)
-		}
-		m := messageOf(v)
-		if m == nil {
-			return status.Errorf(codes.Internal,
-				"grpc: failed to unmarshal the received message: %T is not a protobuf message", v)
-		}
-		if err := proto.Unmarshal(payload, m); err != nil {
-			return status.Errorf(codes.Internal, "grpc: failed to unmarshal the received message: %v", err)
-		}
-		return nil
+	return func(v any) error { return s.decode(msg, v) }
+}
+
+// decode unmarshals the request msg into v, with grpc-go's errors.
+func (s *Server) decode(msg []byte, v any) error {
+	payload, err := MsgPayload(msg)
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
 	}
+	if limit := s.opts.MaxRecvMsgSize; limit > 0 && len(payload) > limit {
+		return status.Errorf(codes.ResourceExhausted,
+			"grpc: received message larger than max (%d vs. %d)", len(payload), limit)
+	}
+	m := messageOf(v)
+	if m == nil {
+		return status.Errorf(codes.Internal,
+			"grpc: failed to unmarshal the received message: %T is not a protobuf message", v)
+	}
+	if err := proto.Unmarshal(payload, m); err != nil {
+		return status.Errorf(codes.Internal, "grpc: failed to unmarshal the received message: %v", err)
+	}
+	return nil
 }
 
 // encode marshals a handler's response straight into length-prefixed form.
@@ -164,19 +187,26 @@ func fields(md metadata.MD) []Field {
 var (
 	errHeaderSent = status.Error(codes.Internal, "transport: SendHeader called multiple times")
 	errReplied    = status.Error(codes.Internal, "lane: the call has been answered")
+	errConnEnded  = status.Error(codes.Unavailable, "lane: the connection has ended")
 )
 
-// transportStream collects the metadata a handler sets; the reply carries
-// it. The lane sends no header ahead of the reply, so SendHeader only closes
-// the header to further changes.
+// transportStream collects the metadata a handler sets. A unary call's
+// reply carries all of it, so there SendHeader only closes the header to
+// further changes. A server-streaming call (c set) sends its header in a
+// frame of its own, when the handler sends it or ahead of the first message
+// once set; its reply carries the header only if no header frame went.
 type transportStream struct {
 	method string
+	c      *conn // nil for a unary call
+	id     uint32
 
-	mu      sync.Mutex
-	header  metadata.MD
-	trailer metadata.MD
-	sent    bool // SendHeader was called
-	done    bool // the reply is made
+	mu        sync.Mutex
+	header    metadata.MD
+	trailer   metadata.MD
+	sent      bool // the header is closed: SendHeader was called or a message went
+	headerOut bool // a header frame went
+	done      bool // the reply is made
+	flush     bool // a frame was queued and this stream must flush: see unlock
 }
 
 func (ts *transportStream) Method() string { return ts.method }
@@ -196,7 +226,7 @@ func (ts *transportStream) SetHeader(md metadata.MD) error {
 
 func (ts *transportStream) SendHeader(md metadata.MD) error {
 	ts.mu.Lock()
-	defer ts.mu.Unlock()
+	defer ts.unlock()
 	if err := ts.headerErr(); err != nil {
 		return err
 	}
@@ -204,7 +234,10 @@ func (ts *transportStream) SendHeader(md metadata.MD) error {
 	if md.Len() > 0 {
 		ts.header = metadata.Join(ts.header, md)
 	}
-	return nil
+	if ts.c == nil {
+		return nil
+	}
+	return ts.queueLocked(true, nil)
 }
 
 func (ts *transportStream) SetTrailer(md metadata.MD) error {
@@ -230,12 +263,78 @@ func (ts *transportStream) headerErr() error {
 	return nil
 }
 
-// finish closes the stream to changes and returns its metadata.
+// sendMsg queues a server-streaming call's message frame, after a header
+// frame if header metadata is waiting; msg is length-prefixed.
+func (ts *transportStream) sendMsg(msg []byte) error {
+	ts.mu.Lock()
+	defer ts.unlock()
+	if ts.done {
+		return errReplied
+	}
+	withHeader := !ts.sent && ts.header.Len() > 0
+	ts.sent = true
+	return ts.queueLocked(withHeader, msg)
+}
+
+// queueLocked queues a server-streaming call's header frame if withHeader,
+// then the frame of msg unless it is nil. Holding ts.mu meanwhile keeps the
+// frames ahead of the reply.
+func (ts *transportStream) queueLocked(withHeader bool, msg []byte) error {
+	var header []Field
+	if withHeader {
+		header = fields(ts.header)
+		if n := HeaderLen + mdLen(header); n-4 > MaxFrame {
+			return status.Errorf(codes.ResourceExhausted,
+				"lane: header of %d bytes is larger than a frame", n)
+		}
+	}
+	queued, flush := ts.c.enqueue(func(b []byte) []byte {
+		if withHeader {
+			b = AppendHeader(b, ts.id, header)
+		}
+		if msg != nil {
+			b = AppendMsgFrame(b, ts.id, msg)
+		}
+		return b
+	})
+	ts.flush = ts.flush || flush
+	if !queued {
+		return errConnEnded
+	}
+	ts.headerOut = ts.headerOut || withHeader
+	return nil
+}
+
+// unlock releases ts.mu, then writes the connection's buffer out if
+// queueLocked made this stream the flusher: a write must not hold ts.mu.
+func (ts *transportStream) unlock() {
+	flush := ts.flush
+	ts.flush = false
+	ts.mu.Unlock()
+	if flush {
+		ts.c.flush()
+	}
+}
+
+// finish closes the stream to changes and returns the metadata its reply
+// carries.
 func (ts *transportStream) finish() (header, trailer []Field) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	ts.done = true
+	if ts.headerOut {
+		return nil, fields(ts.trailer)
+	}
 	return fields(ts.header), fields(ts.trailer)
+}
+
+// mdLen returns the encoded length of md in a frame.
+func mdLen(md []Field) int {
+	n := 2
+	for _, f := range md {
+		n += 6 + len(f.Name) + len(f.Value)
+	}
+	return n
 }
 
 var _ grpc.ServerTransportStream = (*transportStream)(nil)

@@ -15,9 +15,12 @@ import (
 
 // ServerOptions configure a Server.
 type ServerOptions struct {
-	// Interceptor wraps every handler, as grpc.UnaryInterceptor does. It
-	// may be nil.
+	// Interceptor wraps every unary handler, as grpc.UnaryInterceptor
+	// does. It may be nil.
 	Interceptor grpc.UnaryServerInterceptor
+	// StreamInterceptor wraps every server-streaming handler, as
+	// grpc.StreamInterceptor does. It may be nil.
+	StreamInterceptor grpc.StreamServerInterceptor
 	// Accept vets each connection before it is served; an error closes the
 	// connection. It may be nil.
 	Accept func(net.Conn) error
@@ -28,8 +31,9 @@ type ServerOptions struct {
 	Log zerolog.Logger
 }
 
-// Server serves the unary methods of registered gRPC services on lane
-// connections. Streaming methods are left to the gRPC server.
+// Server serves the unary and server-streaming methods of registered gRPC
+// services on lane connections. Client-streaming and bidirectional methods
+// are left to the gRPC server.
 type Server struct {
 	opts ServerOptions
 	reg  atomic.Pointer[registry]
@@ -48,9 +52,12 @@ type registry struct {
 	services map[string]bool
 }
 
+// method is a served method: a unary one has a handler, a server-streaming
+// one a stream.
 type method struct {
 	impl    any
 	handler grpc.MethodHandler
+	stream  grpc.StreamHandler
 }
 
 // NewServer returns a Server with no services.
@@ -64,7 +71,8 @@ func NewServer(opts ServerOptions) *Server {
 	return s
 }
 
-// RegisterService registers the unary methods of desc, implemented by impl.
+// RegisterService registers the unary and server-streaming methods of desc,
+// implemented by impl.
 // Like grpc.Server, it panics when impl does not implement desc.HandlerType
 // or when the service is already registered.
 func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
@@ -82,7 +90,7 @@ func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
 		panic(fmt.Sprintf("lane: RegisterService: service %q registered twice", desc.ServiceName))
 	}
 	reg := &registry{
-		methods:  make(map[string]method, len(old.methods)+len(desc.Methods)),
+		methods:  make(map[string]method, len(old.methods)+len(desc.Methods)+len(desc.Streams)),
 		services: make(map[string]bool, len(old.services)+1),
 	}
 	for k, v := range old.methods {
@@ -92,8 +100,14 @@ func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
 		reg.services[k] = true
 	}
 	reg.services[desc.ServiceName] = true
+	prefix := "/" + desc.ServiceName + "/"
 	for _, md := range desc.Methods {
-		reg.methods["/"+desc.ServiceName+"/"+md.MethodName] = method{impl: impl, handler: md.Handler}
+		reg.methods[prefix+md.MethodName] = method{impl: impl, handler: md.Handler}
+	}
+	for _, sd := range desc.Streams {
+		if sd.ServerStreams && !sd.ClientStreams {
+			reg.methods[prefix+sd.StreamName] = method{impl: impl, stream: sd.Handler}
+		}
 	}
 	s.reg.Store(reg)
 }

@@ -63,6 +63,15 @@ func startServer(
 	get func(context.Context, string) (*api.GetNamespaceResponse, error),
 ) (*lane.Server, string) {
 	t.Helper()
+	s := lane.NewServer(opts)
+	api.RegisterNamespacesServer(s, &fakeNamespaces{get: get})
+	return s, serve(t, s)
+}
+
+// serve serves s on a unix socket in a fresh short directory and returns
+// the socket's path. Cleanup closes s and checks that Serve returned nil.
+func serve(t *testing.T, s *lane.Server) string {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "ln")
 	if err != nil {
 		t.Fatal(err)
@@ -73,8 +82,6 @@ func startServer(
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := lane.NewServer(opts)
-	api.RegisterNamespacesServer(s, &fakeNamespaces{get: get})
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(l) }()
 	t.Cleanup(func() {
@@ -83,7 +90,7 @@ func startServer(
 			t.Errorf("Serve = %v, want nil after Close", err)
 		}
 	})
-	return s, sock
+	return sock
 }
 
 // client speaks the lane's frames on one connection, as the supervisor does.
@@ -132,14 +139,21 @@ func (c *client) call(
 	}))
 }
 
-// reply reads the next frame, which must be a reply.
-func (c *client) reply() (uint32, *lane.Reply) {
+// next reads the next frame.
+func (c *client) next() (typ byte, id uint32, body []byte) {
 	c.t.Helper()
 	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	typ, id, body, err := c.r.Next()
 	if err != nil {
-		c.t.Fatalf("read reply: %v", err)
+		c.t.Fatalf("read frame: %v", err)
 	}
+	return typ, id, body
+}
+
+// reply reads the next frame, which must be a reply.
+func (c *client) reply() (uint32, *lane.Reply) {
+	c.t.Helper()
+	typ, id, body := c.next()
 	if typ != lane.TypeReply {
 		c.t.Fatalf("frame type %d, want a reply", typ)
 	}
@@ -515,6 +529,10 @@ func TestBadFramesEndConnection(t *testing.T) {
 		{"unknown type", func(c *client) { c.write(body(9)) }},
 		{"truncated call", func(c *client) { c.write(body(lane.TypeCall, 0, 5, '/')) }},
 		{"cancel with a body", func(c *client) { c.write(body(lane.TypeCancel, 1)) }},
+		{"credit with a short body", func(c *client) { c.write(body(lane.TypeCredit, 0, 0, 1)) }},
+		{"message from the supervisor", func(c *client) {
+			c.write(lane.AppendMsgFrame(nil, 1, lane.AppendMsg(nil, nil)))
+		}},
 		{"frame length over MaxFrame", func(c *client) { c.write([]byte{0xff, 0, 0, 0, 1, 0, 0, 0, 1}) }},
 		{"call id in flight", func(c *client) {
 			c.call(4, getMethod, 0, nil, &api.GetNamespaceRequest{Name: "block"})

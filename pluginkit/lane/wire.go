@@ -1,4 +1,5 @@
-// Package lane is the supervisor's fast path to a plugin for unary calls.
+// Package lane is the supervisor's fast path to a plugin for unary and
+// server-streaming calls.
 //
 // Every public call reaches a plugin through the supervisor. Over HTTP/2 that
 // hop makes the plugin run a whole gRPC server transport per call (a reader,
@@ -12,7 +13,7 @@
 // A frame is a 9-byte header, then a body:
 //
 //	u32 length of type, id and body (big-endian, as every integer here)
-//	u8  type (TypeCall, TypeCancel, TypeReply)
+//	u8  type (TypeCall, TypeCancel, TypeReply, TypeMsg, TypeCredit, TypeHeader)
 //	u32 call id, chosen by the supervisor, unique among a connection's open calls
 //
 // Call body: method (u16 length, bytes), timeout in nanoseconds (i64, 0 for
@@ -77,7 +78,7 @@ type Field struct {
 	Name, Value string
 }
 
-// Call is a unary call's request.
+// Call is a call's request.
 type Call struct {
 	Method  string
 	Timeout time.Duration // zero: no deadline
@@ -85,7 +86,8 @@ type Call struct {
 	Msg     []byte // length-prefixed, see the package comment
 }
 
-// Reply is a unary call's outcome.
+// Reply is a call's outcome. A server-streaming call's reply has no
+// message: its messages went ahead in message frames.
 type Reply struct {
 	Code    uint32
 	Message string

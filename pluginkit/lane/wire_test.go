@@ -135,6 +135,37 @@ func TestCancelRoundTrip(t *testing.T) {
 	}
 }
 
+func TestStreamFramesRoundTrip(t *testing.T) {
+	msg := lane.AppendMsg(nil, []byte("resp"))
+	typ, id, body := readOne(t, lane.AppendMsgFrame(nil, 3, msg))
+	got, err := lane.ParseMsg(body)
+	if typ != lane.TypeMsg || id != 3 || err != nil || !bytes.Equal(got, msg) {
+		t.Errorf("message frame = type %d id %d %x, %v; want type %d id 3 %x",
+			typ, id, got, err, lane.TypeMsg, msg)
+	}
+
+	const most = 1<<32 - 1
+	typ, id, body = readOne(t, lane.AppendCredit(nil, 4, most))
+	n, err := lane.ParseCredit(body)
+	if typ != lane.TypeCredit || id != 4 || err != nil || n != most {
+		t.Errorf("credit frame = type %d id %d %d, %v; want type %d id 4 %d",
+			typ, id, n, err, lane.TypeCredit, most)
+	}
+
+	headers := [][]lane.Field{nil, {{Name: "h", Value: "1"}, {Name: "h-bin", Value: allBytes}}}
+	for _, want := range headers {
+		typ, id, body = readOne(t, lane.AppendHeader(nil, 5, want))
+		got, err := lane.ParseHeader(body)
+		if typ != lane.TypeHeader || id != 5 || err != nil {
+			t.Fatalf("header frame = type %d id %d, %v; want type %d id 5",
+				typ, id, err, lane.TypeHeader)
+		}
+		if diff := cmp.Diff(want, got, equateEmpty); diff != "" {
+			t.Errorf("header (-want +got):\n%s", diff)
+		}
+	}
+}
+
 // TestFramesInOneStream: frames appended to one buffer read back in order.
 func TestFramesInOneStream(t *testing.T) {
 	var b []byte
@@ -215,6 +246,31 @@ func TestMalformed(t *testing.T) {
 			b[len(b)-1] = 2
 			return lane.ParseReply(b, new(lane.Reply))
 		}},
+		{"message frame with a bad prefix", func() error {
+			_, err := lane.ParseMsg([]byte{0, 0, 0, 0, 2, 'x'})
+			return err
+		}},
+		{"empty message frame", func() error {
+			_, err := lane.ParseMsg(nil)
+			return err
+		}},
+		{"credit of 3 bytes", func() error {
+			_, err := lane.ParseCredit([]byte{0, 0, 1})
+			return err
+		}},
+		{"credit of 5 bytes", func() error {
+			_, err := lane.ParseCredit([]byte{0, 0, 0, 0, 1})
+			return err
+		}},
+		{"header with bytes after its metadata", func() error {
+			_, err := lane.ParseHeader(append(lane.AppendHeader(nil, 1, nil)[lane.HeaderLen:], 0))
+			return err
+		}},
+		{"truncated header", func() error {
+			b := lane.AppendHeader(nil, 1, []lane.Field{{Name: "h", Value: "1"}})[lane.HeaderLen:]
+			_, err := lane.ParseHeader(b[:len(b)-1])
+			return err
+		}},
 		{"message prefix longer than the message", func() error {
 			_, err := lane.MsgPayload([]byte{0, 0, 0, 0, 2, 'x'})
 			return err
@@ -264,6 +320,18 @@ func FuzzParse(f *testing.F) {
 		})
 		checkReencode(t, "reply", body, lane.ParseReply, func(r *lane.Reply) []byte {
 			return lane.AppendReply(nil, 0, r)
+		})
+		checkReencode(t, "header", body, func(b []byte, md *[]lane.Field) (err error) {
+			*md, err = lane.ParseHeader(b)
+			return err
+		}, func(md *[]lane.Field) []byte {
+			return lane.AppendHeader(nil, 0, *md)
+		})
+		checkReencode(t, "message", body, func(b []byte, msg *[]byte) (err error) {
+			*msg, err = lane.ParseMsg(b)
+			return err
+		}, func(msg *[]byte) []byte {
+			return lane.AppendMsgFrame(nil, 0, *msg)
 		})
 	})
 }
