@@ -54,7 +54,12 @@ func benchTargets(b *testing.B) map[string]*grpc.ClientConn {
 	b.Cleanup(func() { viaGRPC.Close() })
 
 	_, viaH2 := startRouter(b, newFakeBackends(be, be), Options{})
-	return map[string]*grpc.ClientConn{"direct": direct, "grpcrouter": viaGRPC, "h2router": viaH2}
+
+	withLanes = true
+	defer func() { withLanes = false }()
+	lb := startBackend(b, &fakeNamespaces{}, &fakeContent{})
+	_, viaLane := startRouter(b, newFakeBackends(lb, lb), Options{})
+	return map[string]*grpc.ClientConn{"direct": direct, "grpcrouter": viaGRPC, "h2router": viaH2, "lane": viaLane}
 }
 
 func cpuTime() time.Duration {
@@ -65,7 +70,7 @@ func cpuTime() time.Duration {
 
 func BenchmarkUnary(b *testing.B) {
 	targets := benchTargets(b)
-	for _, name := range []string{"direct", "grpcrouter", "h2router"} {
+	for _, name := range []string{"direct", "grpcrouter", "h2router", "lane"} {
 		client := namespacesapi.NewNamespacesClient(targets[name])
 		req := &namespacesapi.GetNamespaceRequest{Name: "a"}
 		b.Run(name, func(b *testing.B) {
@@ -88,7 +93,7 @@ func BenchmarkUnary(b *testing.B) {
 // BenchmarkParallel16 makes unary calls from 16 goroutines at once.
 func BenchmarkParallel16(b *testing.B) {
 	targets := benchTargets(b)
-	for _, name := range []string{"direct", "grpcrouter", "h2router"} {
+	for _, name := range []string{"direct", "grpcrouter", "h2router", "lane"} {
 		client := namespacesapi.NewNamespacesClient(targets[name])
 		req := &namespacesapi.GetNamespaceRequest{Name: "a"}
 		b.Run(name, func(b *testing.B) {
@@ -115,7 +120,7 @@ func BenchmarkParallel16(b *testing.B) {
 func BenchmarkRead(b *testing.B) {
 	targets := benchTargets(b)
 	const size = 64 << 20
-	for _, name := range []string{"direct", "grpcrouter", "h2router"} {
+	for _, name := range []string{"direct", "grpcrouter", "h2router", "lane"} {
 		client := contentapi.NewContentClient(targets[name])
 		b.Run(name, func(b *testing.B) {
 			b.SetBytes(size)

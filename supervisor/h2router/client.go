@@ -310,7 +310,9 @@ func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 	if s.replayable {
 		s.fields = append(s.fields, hpack.HeaderField{Name: pluginkit.CallIDKey, Value: r.callID()})
 	}
-	if (!local || r.opts.LocalLane != nil) && !kind.ClientStreams && !kind.ServerStreams {
+	// Plugins take unary and server-streaming calls on their lanes; the
+	// supervisor runs its own unary ones in process.
+	if !kind.ClientStreams && (!local || r.opts.LocalLane != nil && !kind.ServerStreams) {
 		s.laneMD, s.lane = laneMetadata(s.fields)
 	}
 

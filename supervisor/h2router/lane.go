@@ -97,20 +97,45 @@ func (l *laneConn) readReplies() error {
 		if err != nil {
 			return fmt.Errorf("read from plugin lane: %w", err)
 		}
-		if typ != lane.TypeReply {
+		var s *stream
+		switch typ {
+		case lane.TypeReply:
+			if err := lane.ParseReply(body, &rep); err != nil {
+				return err
+			}
+			l.p.mu.Lock()
+			s = l.calls[id]
+			delete(l.calls, id)
+			l.p.mu.Unlock()
+			if s != nil {
+				s.onLaneReply(&l.fl, l, id, &rep)
+			}
+		case lane.TypeMsg:
+			msg, err := lane.ParseMsg(body)
+			if err != nil {
+				return err
+			}
+			if s = l.lookup(id); s != nil {
+				s.onLaneMsg(&l.fl, l, id, msg)
+			}
+		case lane.TypeHeader:
+			md, err := lane.ParseHeader(body)
+			if err != nil {
+				return err
+			}
+			if s = l.lookup(id); s != nil {
+				s.onLaneHeader(&l.fl, l, id, md)
+			}
+		default:
 			return fmt.Errorf("%w: frame type %d from the plugin", lane.ErrMalformed, typ)
 		}
-		if err := lane.ParseReply(body, &rep); err != nil {
-			return err
-		}
-		l.p.mu.Lock()
-		s := l.calls[id]
-		delete(l.calls, id)
-		l.p.mu.Unlock()
-		if s != nil {
-			s.onLaneReply(&l.fl, l, id, &rep)
-		}
 	}
+}
+
+func (l *laneConn) lookup(id uint32) *stream {
+	l.p.mu.Lock()
+	defer l.p.mu.Unlock()
+	return l.calls[id]
 }
 
 // attachLane opens s on the lane l. The request goes once the client has
@@ -132,7 +157,8 @@ func (s *stream) attachLane(fl *flushList, l *laneConn, release func()) error {
 	l.calls[id] = s
 	p.mu.Unlock()
 	s.ln, s.lid, s.release = l, id, release
-	s.upEndSent = false
+	s.upEndSent, s.replied = false, false
+	s.downRecv, s.downPending = lane.InitialCredit, 0
 	s.drainLaneLocked(fl)
 	return nil
 }
@@ -198,7 +224,7 @@ func (s *stream) runLocked(call *lane.Call) {
 
 // cancelLaneLocked tells the plugin that a call it was sent is over.
 func (s *stream) cancelLaneLocked(fl *flushList) {
-	if s.ln == nil || !s.upEndSent || s.respHeaders {
+	if s.ln == nil || !s.upEndSent || s.replied {
 		return
 	}
 	p := s.ln.p
@@ -219,23 +245,98 @@ func (s *stream) onLaneReply(fl *flushList, l *laneConn, id uint32, rep *lane.Re
 	if s.finished || s.ln != l || s.lid != id {
 		return
 	}
-	s.respHeaders = true
-	if rep.Msg != nil {
-		if n := s.downScan.feed(rep.Msg, s.c.r.opts.MaxSendMsgSize); n >= 0 {
-			s.failLocked(fl, codes.ResourceExhausted, fmt.Sprintf(
-				"grpc: trying to send message larger than max (%d vs. %d)", n, s.c.r.opts.MaxSendMsgSize))
-			return
-		}
+	s.respHeaders, s.replied = true, true
+	if rep.Msg != nil && !s.checkSendLocked(fl, rep.Msg) {
+		return
 	}
-	if rep.Msg != nil || len(rep.Header) > 0 {
-		s.writeClientHeadersLocked(fl, appendLaneMD(responseStart(), rep.Header), false)
-		s.headersSent = true
+	switch {
+	case s.headersSent:
 		s.trailers = laneStatus(nil, rep)
-	} else {
+	case rep.Msg != nil || len(rep.Header) > 0:
+		s.sendLaneHeadersLocked(fl, rep.Header)
+		s.trailers = laneStatus(nil, rep)
+	default:
 		s.trailers = laneStatus(responseStart(), rep)
 	}
 	s.downEnd = true
 	s.drainDownLocked(fl, rep.Msg)
+}
+
+// onLaneHeader forwards the header metadata a streaming handler sent.
+func (s *stream) onLaneHeader(fl *flushList, l *laneConn, id uint32, md []lane.Field) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished || s.ln != l || s.lid != id || s.headersSent {
+		return
+	}
+	s.respHeaders = true
+	s.sendLaneHeadersLocked(fl, md)
+}
+
+// onLaneMsg forwards one message of a server stream, as far as the client's
+// windows allow; the rest waits, and the plugin gets credit back as it
+// leaves. A plugin that sends past its credit breaks the protocol.
+func (s *stream) onLaneMsg(fl *flushList, l *laneConn, id uint32, msg []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished || s.ln != l || s.lid != id {
+		return
+	}
+	s.respHeaders = true
+	if s.downRecv <= 0 {
+		s.failLocked(fl, codes.Internal, "plugin sent past its flow-control credit")
+		return
+	}
+	s.downRecv -= int64(len(msg))
+	if !s.checkSendLocked(fl, msg) {
+		return
+	}
+	if !s.headersSent {
+		s.sendLaneHeadersLocked(fl, nil)
+	}
+	s.drainDownLocked(fl, msg)
+}
+
+// checkSendLocked fails the call if msg is over the client's limit.
+func (s *stream) checkSendLocked(fl *flushList, msg []byte) bool {
+	n := s.downScan.feed(msg, s.c.r.opts.MaxSendMsgSize)
+	if n < 0 {
+		return true
+	}
+	s.failLocked(fl, codes.ResourceExhausted, fmt.Sprintf(
+		"grpc: trying to send message larger than max (%d vs. %d)", n, s.c.r.opts.MaxSendMsgSize))
+	return false
+}
+
+// sendLaneHeadersLocked writes the response headers with the plugin's
+// header metadata.
+func (s *stream) sendLaneHeadersLocked(fl *flushList, md []lane.Field) {
+	fields := plainStart
+	if len(md) > 0 {
+		fields = appendLaneMD(responseStart(), md)
+	}
+	s.writeClientHeadersLocked(fl, fields, false)
+	s.headersSent = true
+}
+
+// creditLaneLocked gives a streaming call's plugin n bytes of credit back,
+// in grants of at least a quarter of the initial credit.
+func (s *stream) creditLaneLocked(fl *flushList, n int64) {
+	s.downPending += n
+	if s.downPending < lane.InitialCredit/4 {
+		return
+	}
+	grant := uint32(min(s.downPending, 1<<31))
+	s.downPending -= int64(grant)
+	s.downRecv += int64(grant)
+	p := s.ln.p
+	p.mu.Lock()
+	if p.err == nil {
+		p.out = lane.AppendCredit(p.out, s.lid, grant)
+		p.dirty = true
+	}
+	p.mu.Unlock()
+	fl.add(p)
 }
 
 // responseStart returns the fields every response begins with.
@@ -246,8 +347,17 @@ func responseStart() []hpack.HeaderField {
 	}
 }
 
+// Blocks most replies end with, shared: the peer's writer only reads them.
+var (
+	plainStart = responseStart()
+	okTrailer  = []hpack.HeaderField{{Name: "grpc-status", Value: "0"}}
+)
+
 // laneStatus appends a reply's status and trailer metadata to fields.
 func laneStatus(fields []hpack.HeaderField, rep *lane.Reply) []hpack.HeaderField {
+	if fields == nil && rep.Code == 0 && rep.Message == "" && rep.Details == nil && len(rep.Trailer) == 0 {
+		return okTrailer
+	}
 	fields = append(fields, hpack.HeaderField{Name: "grpc-status", Value: strconv.FormatUint(uint64(rep.Code), 10)})
 	if rep.Message != "" {
 		fields = append(fields, hpack.HeaderField{Name: "grpc-message", Value: encodeGRPCMessage(rep.Message)})

@@ -3,10 +3,14 @@ package h2router
 import (
 	"context"
 	"encoding/hex"
+	"io"
+	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -31,6 +35,10 @@ func TestOverLanes(t *testing.T) {
 		{"ByTarget", TestByTarget},
 		{"LocalServices", TestLocalServices},
 		{"StreamsBothWays", TestStreamsBothWays},
+		{"LargeMessages", TestLargeMessages},
+		{"CancelMidStream", TestCancelMidStream},
+		{"SlowReaderIsBounded", TestSlowReaderIsBounded},
+		{"ManyStalledStreams", TestManyStalledStreams},
 		{"MessageSizeLimits", TestMessageSizeLimits},
 		{"BackendKilledMidStream", TestBackendKilledMidStream},
 		{"ReplaysCallWhosePluginDied", TestReplaysCallWhosePluginDied},
@@ -40,6 +48,7 @@ func TestOverLanes(t *testing.T) {
 		{"LaneLargeMessages", testLaneLargeMessages},
 		{"LaneCancel", testLaneCancel},
 		{"LaneLeavesCompressedCalls", testLaneLeavesCompressedCalls},
+		{"LanePluginIgnoresCredit", testLanePluginIgnoresCredit},
 	} {
 		t.Run(tc.name, tc.fn)
 	}
@@ -134,5 +143,55 @@ func testLaneLeavesCompressedCalls(t *testing.T) {
 	}
 	if _, ok := r.pool.ready(addrKey(b.addr)); !ok {
 		t.Error("a compressed call did not go over HTTP/2")
+	}
+}
+
+// testLanePluginIgnoresCredit serves a lane by hand that streams past its
+// credit: the call fails with Internal and the router keeps no more than the
+// credit of it.
+func testLanePluginIgnoresCredit(t *testing.T) {
+	b := startBackend(t, &fakeNamespaces{}, &fakeContent{})
+	path := filepath.Join(shortTemp(t), "rogue")
+	ll, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ll.Close()
+	go func() {
+		nc, err := ll.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		typ, id, _, err := lane.NewReader(nc).Next()
+		if err != nil || typ != lane.TypeCall {
+			return
+		}
+		msg := lane.AppendMsg(nil, make([]byte, 64<<10))
+		var out []byte
+		for range 2 * lane.InitialCredit / len(msg) {
+			out = lane.AppendMsgFrame(out, id, msg)
+		}
+		_, _ = nc.Write(out)
+		_, _ = io.Copy(io.Discard, nc)
+	}()
+	rogue := &backend{srv: b.srv, addr: &lane.Addr{Addr: b.addr.(*lane.Addr).Addr, Lane: path}}
+	r, _, sock := startRouterSock(t, newFakeBackends(rogue, rogue), Options{})
+	// Small windows keep the router from passing bytes on, so it grants
+	// no credit.
+	slow := dialUnix(t, sock, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	defer slow.Close()
+	rs, err := contentapi.NewContentClient(slow).Read(nsCtx(), &contentapi.ReadContentRequest{Size: -1, Offset: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the router to end the call", func() bool { return r.openStreams() == 0 })
+	for {
+		if _, err = rs.Recv(); err != nil {
+			break
+		}
+	}
+	if err == io.EOF || status.Code(err) == codes.OK {
+		t.Errorf("stream past credit ended with %v, want an error", err)
 	}
 }

@@ -38,13 +38,14 @@ type stream struct {
 	release func()
 	sentAny bool // bytes of this call reached some backend
 
-	// A unary call goes on the plugin's lane when it has one (see lane.go)
-	// instead of an HTTP/2 stream; then b is nil.
-	lane   bool         // the call may take a lane
-	laneMD []lane.Field // its metadata as the lane carries it
-	ln     *laneConn
-	lid    uint32
-	inProc *lane.Server // set when the call runs in the supervisor
+	// A unary or server-streaming call goes on the plugin's lane when it
+	// has one (see lane.go) instead of an HTTP/2 stream; then b is nil.
+	lane    bool         // the call may take a lane
+	laneMD  []lane.Field // its metadata as the lane carries it
+	ln      *laneConn
+	lid     uint32
+	replied bool         // the plugin's reply on the lane came: nothing to cancel
+	inProc  *lane.Server // set when the call runs in the supervisor
 
 	// Client to backend.
 	up          []byte
@@ -372,10 +373,14 @@ func (s *stream) writeDownLocked(p *peer, data []byte, last bool) int {
 // backend's connection window is credited as bytes arrive (see
 // backendConn.onData).
 func (s *stream) creditBackendLocked(fl *flushList, n int64) {
-	if n <= 0 || s.b == nil {
+	if n <= 0 || s.downEnd {
 		return
 	}
-	if s.downEnd {
+	if s.ln != nil {
+		s.creditLaneLocked(fl, n)
+		return
+	}
+	if s.b == nil {
 		return
 	}
 	s.downPending += n
@@ -412,7 +417,7 @@ func (s *stream) failLocked(fl *flushList, code codes.Code, msg string) {
 		s.writeClientHeadersLocked(fl, statusTrailer(code, msg), true)
 	default:
 		// Part of a message reached the client: no status can follow it.
-		s.c.p.writeRST(fl, s.cid, http2.ErrCodeRefusedStream)
+		s.c.p.writeRST(fl, s.cid, resetCode(code))
 		reset = true
 	}
 	s.code = code
@@ -424,6 +429,25 @@ func (s *stream) failLocked(fl *flushList, code codes.Code, msg string) {
 	}
 	s.cancelLaneLocked(fl)
 	s.finishLocked(fl)
+}
+
+// resetCode returns the RST_STREAM code that gRPC clients read as code,
+// or as Internal when HTTP/2 has none for it. Only Unavailable maps to
+// REFUSED_STREAM, which grpc-go may retry transparently when no message
+// has arrived yet: a plugin lost mid-message may be asked again, a
+// misbehaving one is not.
+func resetCode(code codes.Code) http2.ErrCode {
+	switch code {
+	case codes.Unavailable:
+		return http2.ErrCodeRefusedStream
+	case codes.Canceled:
+		return http2.ErrCodeCancel
+	case codes.ResourceExhausted:
+		return http2.ErrCodeEnhanceYourCalm
+	case codes.PermissionDenied:
+		return http2.ErrCodeInadequateSecurity
+	}
+	return http2.ErrCodeInternal
 }
 
 // fail is failLocked for callers that do not hold s.mu.
