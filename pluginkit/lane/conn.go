@@ -12,9 +12,10 @@ import (
 	"google.golang.org/grpc/codes"
 )
 
-// keepBuf is the largest write buffer a connection keeps for reuse; a
-// larger one, grown by a large reply, is left to the collector.
-const keepBuf = 256 << 10
+// keepBuf is the largest write buffer a connection keeps for reuse, and the
+// largest message buffer kept for the next message: room for a few messages
+// of a blob read (1 MiB each). A larger one is left to the collector.
+const keepBuf = 4 << 20
 
 // conn is one lane connection: a reader loop, a goroutine per call, and a
 // write buffer that frames queued together share.

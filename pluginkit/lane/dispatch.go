@@ -42,7 +42,7 @@ func (s *Server) unary(ctx context.Context, m method, c *Call) *Reply {
 	resp, err := m.handler(m.impl, ctx, s.decoder(c.Msg), s.opts.Interceptor)
 	if err == nil {
 		var msg []byte
-		if msg, err = s.encode(resp); err == nil {
+		if msg, err = s.encode(nil, resp); err == nil {
 			r = &Reply{Msg: msg}
 		}
 	}
@@ -109,8 +109,9 @@ func (s *Server) decode(msg []byte, v any) error {
 	return nil
 }
 
-// encode marshals a handler's response straight into length-prefixed form.
-func (s *Server) encode(resp any) ([]byte, error) {
+// encode marshals a handler's response straight into length-prefixed form,
+// in buf's storage when it has room.
+func (s *Server) encode(buf []byte, resp any) ([]byte, error) {
 	m := messageOf(resp)
 	if m == nil {
 		return nil, status.Errorf(codes.Internal,
@@ -122,8 +123,11 @@ func (s *Server) encode(resp any) ([]byte, error) {
 		return nil, status.Errorf(codes.ResourceExhausted,
 			"trying to send message larger than max (%d vs. %d)", size, limit)
 	}
-	b := make([]byte, 5, 5+size)
-	b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(b, m)
+	b := buf[:0]
+	if cap(b) < 5+size {
+		b = make([]byte, 0, 5+size)
+	}
+	b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(append(b, 0, 0, 0, 0, 0), m)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "grpc: error while marshaling: %v", err)
 	}
@@ -305,14 +309,17 @@ func (ts *transportStream) queueLocked(withHeader bool, msg []byte) error {
 	return nil
 }
 
-// unlock releases ts.mu, then writes the connection's buffer out if
-// queueLocked made this stream the flusher: a write must not hold ts.mu.
+// unlock releases ts.mu, then has the connection's buffer written out if
+// queueLocked made this stream the flusher. The write runs on a goroutine of
+// its own, which mostly runs once the handler blocks or returns: a handler
+// that sends its last message and returns then has message and reply leave
+// in one write, so the supervisor wakes once for both.
 func (ts *transportStream) unlock() {
 	flush := ts.flush
 	ts.flush = false
 	ts.mu.Unlock()
 	if flush {
-		ts.c.flush()
+		go ts.c.flush()
 	}
 }
 

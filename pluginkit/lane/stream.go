@@ -11,6 +11,9 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// msgBufs holds buffers for encoding stream messages.
+var msgBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 // maxCredit caps a call's credit so that grants cannot overflow it.
 const maxCredit = 1 << 31
 
@@ -120,7 +123,16 @@ func (ss *serverStream) RecvMsg(m any) error {
 // SendMsg queues m once the call has credit, ahead of the reply. It fails
 // with Canceled or DeadlineExceeded when the call ends first.
 func (ss *serverStream) SendMsg(m any) error {
-	msg, err := ss.s.encode(m)
+	// The frame copies the message, so its buffer serves the next one:
+	// messages of reads are large, and a large allocation is zeroed.
+	bp := msgBufs.Get().(*[]byte)
+	msg, err := ss.s.encode(*bp, m)
+	defer func() {
+		if cap(msg) <= keepBuf {
+			*bp = msg[:0]
+			msgBufs.Put(bp)
+		}
+	}()
 	if err != nil {
 		return err
 	}
