@@ -232,8 +232,9 @@ func MsgPayload(msg []byte) ([]byte, error) {
 
 // Reader reads frames from a connection.
 type Reader struct {
-	br  *bufio.Reader
-	hdr [HeaderLen]byte
+	br   *bufio.Reader
+	hdr  [HeaderLen]byte
+	body []byte // NextShared's storage
 }
 
 // NewReader returns a Reader over r.
@@ -248,6 +249,21 @@ func (r *Reader) Buffered() int { return r.br.Buffered() }
 // Next returns the next frame. The body is a new slice the caller owns, so
 // the fields parsed from it stay valid after the next call.
 func (r *Reader) Next() (typ byte, id uint32, body []byte, err error) {
+	return r.next(false)
+}
+
+// keepBody is the largest body storage NextShared keeps for the next frame.
+const keepBody = 2 << 20
+
+// NextShared is Next for a caller that copies what it keeps of a frame: the
+// body, and what is parsed from it other than strings, is valid only until
+// the next call, since the Reader reuses its storage. That spares a frame
+// an allocation, which for a large one is also a zeroing.
+func (r *Reader) NextShared() (typ byte, id uint32, body []byte, err error) {
+	return r.next(true)
+}
+
+func (r *Reader) next(shared bool) (typ byte, id uint32, body []byte, err error) {
 	if _, err := io.ReadFull(r.br, r.hdr[:]); err != nil {
 		return 0, 0, nil, err
 	}
@@ -256,7 +272,18 @@ func (r *Reader) Next() (typ byte, id uint32, body []byte, err error) {
 		return 0, 0, nil, fmt.Errorf("%w: length %d", ErrMalformed, n)
 	}
 	typ, id = r.hdr[4], binary.BigEndian.Uint32(r.hdr[5:])
-	body = make([]byte, n-(HeaderLen-4))
+	size := int(n - (HeaderLen - 4))
+	switch {
+	case !shared:
+		body = make([]byte, size)
+	case size <= cap(r.body):
+		body = r.body[:size]
+	default:
+		body = make([]byte, size)
+		if size <= keepBody {
+			r.body = body
+		}
+	}
 	if _, err := io.ReadFull(r.br, body); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF

@@ -187,6 +187,49 @@ func TestFramesInOneStream(t *testing.T) {
 	}
 }
 
+// TestNextShared: NextShared reads the frames Next reads, into storage it
+// reuses for a frame that fits and does not keep for a huge one.
+func TestNextShared(t *testing.T) {
+	big := lane.AppendMsg(nil, bytes.Repeat([]byte{7}, 3<<20))
+	msgs := [][]byte{
+		lane.AppendMsg(nil, bytes.Repeat([]byte{1}, 40<<10)),
+		lane.AppendMsg(nil, []byte("small")),
+		big,
+		lane.AppendMsg(nil, bytes.Repeat([]byte{2}, 30<<10)),
+	}
+	var b []byte
+	for i, m := range msgs {
+		b = lane.AppendMsgFrame(b, uint32(i), m)
+	}
+	r := lane.NewReader(bytes.NewReader(b))
+	var first []byte
+	for i, want := range msgs {
+		typ, id, body, err := r.NextShared()
+		if err != nil || typ != lane.TypeMsg || id != uint32(i) {
+			t.Fatalf("NextShared = type %d id %d, %v; want a message frame of id %d", typ, id, err, i)
+		}
+		got, err := lane.ParseMsg(body)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("frame %d: ParseMsg = %d bytes, %v; want the %d bytes sent", i, len(got), err, len(want))
+		}
+		switch i {
+		case 0:
+			first = body
+		case 1, 3:
+			if &body[0] != &first[0] {
+				t.Errorf("frame %d did not reuse the storage of frame 0", i)
+			}
+		case 2:
+			if &body[0] == &first[0] {
+				t.Errorf("a %d-byte frame went into the %d-byte storage", len(body), cap(first))
+			}
+		}
+	}
+	if _, _, _, err := r.NextShared(); err != io.EOF {
+		t.Errorf("NextShared at the end = %v, want io.EOF", err)
+	}
+}
+
 // TestTruncatedBodies: every strict prefix of a valid body is malformed.
 func TestTruncatedBodies(t *testing.T) {
 	type body struct {

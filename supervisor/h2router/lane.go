@@ -93,7 +93,7 @@ func (l *laneConn) readReplies() error {
 		if l.rd.Buffered() == 0 {
 			l.fl.flush()
 		}
-		typ, id, body, err := l.rd.Next()
+		typ, id, body, err := l.rd.NextShared()
 		if err != nil {
 			return fmt.Errorf("read from plugin lane: %w", err)
 		}
