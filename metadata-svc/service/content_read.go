@@ -22,9 +22,6 @@ const (
 	chunkSize      = 1 << 20
 	cachedChunks   = 16
 	smallReadLimit = 256 << 10
-	// replyPiece keeps each reply of a small read inside grpc-go's 32 KiB
-	// buffers, which are much cheaper to fill than its 1 MiB ones.
-	replyPiece = 32<<10 - 256
 )
 
 type chunkKey struct {
@@ -92,8 +89,11 @@ func (s *Content) read(ctx context.Context, req *contentapi.ReadContentRequest, 
 		if err != nil {
 			return err
 		}
+		// One reply per chunk touched: the supervisor reaches this
+		// service on a lane, where a message costs a frame whatever its
+		// size, and a client reading 32 KiB then gets one message.
 		piece := data[pos%chunkSize : min(int64(len(data)), end-pos/chunkSize*chunkSize)]
-		if err := sendPieces(ss, sent, piece); err != nil {
+		if err := ss.Send(&contentapi.ReadContentResponse{Offset: sent, Data: piece}); err != nil {
 			return err
 		}
 		sent += int64(len(piece))
@@ -129,16 +129,4 @@ func (s *Content) chunk(ctx context.Context, dgst string, index, size int64) ([]
 	}
 	s.cache.put(k, data)
 	return data, nil
-}
-
-func sendPieces(ss contentapi.Content_ReadServer, off int64, data []byte) error {
-	for len(data) > 0 {
-		n := min(len(data), replyPiece)
-		if err := ss.Send(&contentapi.ReadContentResponse{Offset: off, Data: data[:n]}); err != nil {
-			return err
-		}
-		off += int64(n)
-		data = data[n:]
-	}
-	return nil
 }
