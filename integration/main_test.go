@@ -104,6 +104,8 @@ type settings struct {
 	OOMScore           int
 	GRPCUID, GRPCGID   int
 	DebugUID, DebugGID int
+	// PluginProcs, when set, is [plugin_host] plugin_procs.
+	PluginProcs int
 	// Extra is TOML appended after the tables the layout writes.
 	Extra string
 }
@@ -130,9 +132,18 @@ oom_score = %d
 
 [plugin_host]
   call_wait_timeout = "30s"
-  restart_backoff_max = "2s"%s
+  restart_backoff_max = "2s"%s%s
 %s`, l.Root, l.State, s.OOMScore, l.Socket, s.GRPCUID, s.GRPCGID,
-		l.DebugSocket, s.DebugUID, s.DebugGID, l.MetricsAddr, routerLine(), s.Extra)
+		l.DebugSocket, s.DebugUID, s.DebugGID, l.MetricsAddr, routerLine(), procsLine(s.PluginProcs), s.Extra)
+}
+
+// procsLine is the [plugin_host] line setting plugin_procs to n, if n is
+// set.
+func procsLine(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("\n  plugin_procs = %d", n)
 }
 
 // EnvRouter, when set, picks the daemons' router ("grpc" or "h2") for the

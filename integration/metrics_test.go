@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -142,5 +143,30 @@ func TestMetrics(t *testing.T) {
 	}
 	if len(pluginSeries(families, "process_cpu_seconds_total", boltID)) == 0 {
 		t.Errorf("no process_cpu_seconds_total{plugin=%q} series", boltID)
+	}
+	// By default a plugin runs Go code on one thread per four CPUs.
+	want := float64(max(1, runtime.NumCPU()/4))
+	if v := metricValue(t, families, "go_sched_gomaxprocs_threads", boltID); v != want {
+		t.Errorf("go_sched_gomaxprocs_threads{plugin=%q} = %v, want %v", boltID, v, want)
+	}
+}
+
+// TestPluginProcs: [plugin_host] plugin_procs sets every plugin's
+// GOMAXPROCS, and the supervisor keeps its own.
+func TestPluginProcs(t *testing.T) {
+	testkit.RequiresRoot(t)
+	d := startDaemon(t, settings{PluginProcs: 3})
+	d.runningPlugin(t, boltID)
+	families := scrape(t, d.MetricsAddr)
+	for id := range d.plugins(t) {
+		if v := metricValue(t, families, "go_sched_gomaxprocs_threads", id); v != 3 {
+			t.Errorf("go_sched_gomaxprocs_threads{plugin=%q} = %v, want 3", id, v)
+		}
+	}
+	for _, m := range families["go_sched_gomaxprocs_threads"].GetMetric() {
+		if _, ok := labelsOf(m)["plugin"]; !ok && m.GetGauge().GetValue() != float64(runtime.GOMAXPROCS(0)) {
+			t.Errorf("the supervisor's go_sched_gomaxprocs_threads = %v, want %d",
+				m.GetGauge().GetValue(), runtime.GOMAXPROCS(0))
+		}
 	}
 }

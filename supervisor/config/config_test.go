@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -132,6 +133,14 @@ func TestDefaultValues(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Errorf("Default().Validate() = %v", err)
 	}
+	if n, want := c.PluginProcs(), max(1, runtime.NumCPU()/4); n != want {
+		t.Errorf("Default().PluginProcs() = %d, want %d", n, want)
+	}
+	c.PluginHost.PluginProcs = 5
+	if n := c.PluginProcs(); n != 5 {
+		t.Errorf("PluginProcs() with plugin_procs = 5 is %d", n)
+	}
+	c.PluginHost.PluginProcs = 0
 	path, section := c.PluginSection("bolt")
 	if path != "" || section != boltDefaults {
 		t.Errorf("PluginSection(bolt) = %q, %q; want \"\", %q", path, section, boltDefaults)
@@ -357,6 +366,8 @@ func TestLoadErrors(t *testing.T) {
 			"line 2: plugin_host.restart_backoff_max: 0s is not a positive duration"}},
 		{"negative duration", "[plugin_host]\ncall_wait_timeout = \"-1s\"\n",
 			[]string{"plugin_host.call_wait_timeout: -1s is not"}},
+		{"negative plugin procs", "[plugin_host]\nplugin_procs = -1\n",
+			[]string{"line 2: plugin_host.plugin_procs: -1 is negative"}},
 		{"unknown router", "[plugin_host]\nrouter = \"fast\"\n",
 			[]string{`line 2: plugin_host.router: unknown router "fast" (grpc or h2)`}},
 	}

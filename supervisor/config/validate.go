@@ -70,6 +70,10 @@ func (c *Config) problems() []problem {
 	c.debugProblems(add)
 	checkDuration(add, "call_wait_timeout", c.PluginHost.CallWaitTimeout)
 	checkDuration(add, "restart_backoff_max", c.PluginHost.RestartBackoffMax)
+	if c.PluginHost.PluginProcs < 0 {
+		add(fmt.Sprintf("%d is negative (0 picks a count from the CPUs)", c.PluginHost.PluginProcs),
+			"plugin_host", "plugin_procs")
+	}
 	if r := c.PluginHost.Router; r != "grpc" && r != "h2" {
 		add(fmt.Sprintf("unknown router %q (grpc or h2)", r), "plugin_host", "router")
 	}

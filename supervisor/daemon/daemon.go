@@ -194,6 +194,7 @@ func (d *daemon) serve(ctx context.Context) error {
 		LogLevel:        d.opts.LogLevel,
 		WaitTimeout:     c.CallWaitTimeout(),
 		BackoffMax:      c.RestartBackoffMax(),
+		Procs:           c.PluginProcs(),
 		Log:             d.log,
 	})
 	exchange := events.NewExchange(d.log)

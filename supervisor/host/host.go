@@ -42,6 +42,9 @@ type Options struct {
 	WaitTimeout time.Duration
 	// BackoffMax caps the delay between restarts of a plugin that keeps failing.
 	BackoffMax time.Duration
+	// Procs is the GOMAXPROCS of each plugin process; 0 leaves it to the
+	// Go runtime.
+	Procs int
 	// StartTimeout bounds one start of a plugin process.
 	StartTimeout time.Duration
 	// Log is the supervisor's logger.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -145,6 +146,9 @@ func (in *Instance) start() error {
 		// go-plugin's own directory would make the socket path longer than
 		// sun_path allows under a deep state directory.
 		"PLUGIN_UNIX_SOCKET_DIR=" + sockDir,
+	}
+	if n := in.h.opts.Procs; n > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(n))
 	}
 	var proc *procRunner
 	client := plugin.NewClient(&plugin.ClientConfig{
