@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/errdefs"
@@ -15,13 +16,18 @@ import (
 // Read-ahead of small reads. Clients read layers through a ReaderAt, one
 // Read call per 32 KiB; each call that reached content-svc would cross the
 // supervisor twice more. Small reads are served from whole chunks fetched
-// once. Blobs are addressed by their digest and never change, so a cached
-// chunk stays right for as long as it is kept; whether the namespace may read
-// the blob is still checked on every call.
+// once, and a read in the second half of a chunk starts fetching the next,
+// so that a client reading in order seldom waits for content-svc. Blobs are
+// addressed by their digest and never change, so a cached chunk stays right
+// for as long as it is kept; whether the namespace may read the blob is
+// still checked on every call.
 const (
 	chunkSize      = 1 << 20
 	cachedChunks   = 16
 	smallReadLimit = 256 << 10
+	// fetchTimeout bounds one chunk's fetch, which no call's context
+	// bounds: several calls may wait for it, and a read-ahead has no caller.
+	fetchTimeout = time.Minute
 )
 
 type chunkKey struct {
@@ -34,31 +40,61 @@ type chunk struct {
 	data []byte
 }
 
-// chunkCache keeps the most recently used chunks of blobs.
+// fetch is a chunk on its way from content-svc. data and err are set before
+// done is closed.
+type fetch struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+// chunkCache keeps the most recently used chunks of blobs and the fetches
+// under way, so that a chunk is fetched once however many calls want it.
 type chunkCache struct {
-	mu    sync.Mutex
-	byKey map[chunkKey]*list.Element
-	lru   *list.List // of *chunk, most recent first
+	mu       sync.Mutex
+	byKey    map[chunkKey]*list.Element
+	lru      *list.List // of *chunk, most recent first
+	fetching map[chunkKey]*fetch
 }
 
 func newChunkCache() *chunkCache {
-	return &chunkCache{byKey: make(map[chunkKey]*list.Element), lru: list.New()}
-}
-
-func (c *chunkCache) get(k chunkKey) ([]byte, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.byKey[k]
-	if !ok {
-		return nil, false
+	return &chunkCache{
+		byKey:    make(map[chunkKey]*list.Element),
+		lru:      list.New(),
+		fetching: make(map[chunkKey]*fetch),
 	}
-	c.lru.MoveToFront(e)
-	return e.Value.(*chunk).data, true
 }
 
-func (c *chunkCache) put(k chunkKey, data []byte) {
+// lookup returns the chunk k if it is cached, or else its fetch, which is
+// new (started true) when none was under way: the caller must then run it.
+func (c *chunkCache) lookup(k chunkKey) (data []byte, f *fetch, started bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if e, ok := c.byKey[k]; ok {
+		c.lru.MoveToFront(e)
+		return e.Value.(*chunk).data, nil, false
+	}
+	if f, ok := c.fetching[k]; ok {
+		return nil, f, false
+	}
+	f = &fetch{done: make(chan struct{})}
+	c.fetching[k] = f
+	return nil, f, true
+}
+
+// finish ends the fetch f of k, keeping the chunk if it came.
+func (c *chunkCache) finish(k chunkKey, f *fetch, data []byte, err error) {
+	c.mu.Lock()
+	delete(c.fetching, k)
+	if err == nil {
+		c.putLocked(k, data)
+	}
+	c.mu.Unlock()
+	f.data, f.err = data, err
+	close(f.done)
+}
+
+func (c *chunkCache) putLocked(k chunkKey, data []byte) {
 	if _, ok := c.byKey[k]; ok {
 		return
 	}
@@ -98,18 +134,53 @@ func (s *Content) read(ctx context.Context, req *contentapi.ReadContentRequest, 
 		}
 		sent += int64(len(piece))
 	}
+	if last := end - 1; last%chunkSize >= chunkSize/2 && (last/chunkSize+1)*chunkSize < size {
+		s.readAhead(req.GetDigest(), last/chunkSize+1, size)
+	}
 	return nil
+}
+
+// readAhead starts fetching chunk index of a blob unless it is cached or
+// on its way.
+func (s *Content) readAhead(dgst string, index, size int64) {
+	k := chunkKey{digest: dgst, index: index}
+	if _, f, started := s.cache.lookup(k); started {
+		go s.fetch(k, f, size)
+	}
 }
 
 // chunk returns chunk index of a blob, from the cache or from content-svc.
 func (s *Content) chunk(ctx context.Context, dgst string, index, size int64) ([]byte, error) {
 	k := chunkKey{digest: dgst, index: index}
-	if data, ok := s.cache.get(k); ok {
+	data, f, started := s.cache.lookup(k)
+	if data != nil {
 		return data, nil
 	}
-	start := index * chunkSize
+	if started {
+		go s.fetch(k, f, size)
+	}
+	select {
+	case <-f.done:
+		return f.data, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// fetch gets chunk k of a blob of size bytes from content-svc and ends f.
+func (s *Content) fetch(k chunkKey, f *fetch, size int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
+	defer cancel()
+	// A failure goes to the calls waiting, if any; a read-ahead's is
+	// dropped, and the call that wants the chunk fetches it again.
+	data, err := s.fetchChunk(ctx, k, size)
+	s.cache.finish(k, f, data, err)
+}
+
+func (s *Content) fetchChunk(ctx context.Context, k chunkKey, size int64) ([]byte, error) {
+	start := k.index * chunkSize
 	n := min(chunkSize, size-start)
-	rc, err := s.Blobs.Read(ctx, &contentapi.ReadContentRequest{Digest: dgst, Offset: start, Size: n})
+	rc, err := s.Blobs.Read(ctx, &contentapi.ReadContentRequest{Digest: k.digest, Offset: start, Size: n})
 	if err != nil {
 		return nil, errgrpc.ToNative(err)
 	}
@@ -125,8 +196,7 @@ func (s *Content) chunk(ctx context.Context, dgst string, index, size int64) ([]
 		data = append(data, resp.GetData()...)
 	}
 	if int64(len(data)) != n {
-		return nil, fmt.Errorf("read chunk %d of %s: got %d bytes, want %d: %w", index, dgst, len(data), n, errdefs.ErrDataLoss)
+		return nil, fmt.Errorf("read chunk %d of %s: got %d bytes, want %d: %w", k.index, k.digest, len(data), n, errdefs.ErrDataLoss)
 	}
-	s.cache.put(k, data)
 	return data, nil
 }

@@ -42,6 +42,7 @@ type contentEnv struct {
 	gc      *metadata.GC
 	pub     *recordingPublisher
 	raw     contentapi.ContentClient // content-svc itself
+	rawLog  *readLog                 // the Read calls content-svc served
 	content contentapi.ContentClient
 	leases  leasesapi.LeasesClient
 }
@@ -53,8 +54,11 @@ func newContentEnv(t *testing.T, policy string) *contentEnv {
 		t.Fatalf("open content store: %v", err)
 	}
 	rawSrv := grpc.NewServer()
-	contentsvc.NewContent(st, zerolog.Nop()).Register(rawSrv)
-	env := &contentEnv{pub: &recordingPublisher{}}
+	env := &contentEnv{pub: &recordingPublisher{}, rawLog: &readLog{}}
+	contentapi.RegisterContentServer(rawSrv, &loggingBlobs{
+		ContentServer: contentsvc.NewContent(st, zerolog.Nop()),
+		log:           env.rawLog,
+	})
 	env.raw = contentapi.NewContentClient(serveOn(t, rawSrv))
 
 	env.db, err = metadata.Open(filepath.Join(t.TempDir(), "meta.db"))
