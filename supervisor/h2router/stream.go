@@ -305,7 +305,15 @@ func (s *stream) drainDownLocked(fl *flushList, extra []byte) {
 		sent += n
 		extra = extra[n:]
 	}
-	s.down = append(s.down, extra...)
+	if len(extra) > 0 {
+		// What the client has taken goes, so that the queue holds only
+		// what waits, however long the stream.
+		if s.downOff > 0 {
+			s.down = s.down[:copy(s.down, s.down[s.downOff:])]
+			s.downOff = 0
+		}
+		s.down = append(s.down, extra...)
+	}
 	done := false
 	if s.downOff == len(s.down) && s.downEnd {
 		switch {
