@@ -47,6 +47,7 @@ func TestQuickRun(t *testing.T) {
 		"Containers.List, 16-way throughput",
 		"ctr 1.6 content ingest 8 MiB, throughput",
 		"ctr 1.6 content get 8 MiB, throughput",
+		"Go client Content.Read 8 MiB in one call, throughput",
 		"ctr 1.6 images import --no-unpack, 8 MiB layer, throughput",
 	} {
 		row, ok := report.Row(name)

@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 	"github.com/containerd/containerd/api/types"
 )
@@ -94,8 +96,9 @@ func (r *Report) transfers(ctx context.Context, cfg Config, ours, theirs *side) 
 	defer func() { err = errors.Join(err, td.close()) }()
 	r.ImageTarSize = td.imageSize
 
-	// Ingest and get a fresh blob each round, with ctr 1.6.
-	ingest, get := newTransferSet(ours, theirs), newTransferSet(ours, theirs)
+	// Ingest and get a fresh blob each round, with ctr 1.6, and read it in
+	// one Content.Read call with the Go client.
+	ingest, get, read := newTransferSet(ours, theirs), newTransferSet(ours, theirs), newTransferSet(ours, theirs)
 	for round := range cfg.TransferRounds {
 		blob := filepath.Join(td.dir, "blob")
 		digest, err := WriteBlob(blob, cfg.BlobMiB*mib, uint64(round)+100)
@@ -104,7 +107,7 @@ func (r *Report) transfers(ctx context.Context, cfg Config, ours, theirs *side) 
 		}
 		for _, s := range sides(round, ours, theirs) {
 			ref := fmt.Sprintf("bench-ingest-%d", round)
-			if err := ingestRound(ctx, cfg, s, ref, blob, digest, ingest[s], get[s]); err != nil {
+			if err := ingestRound(ctx, cfg, s, ref, blob, digest, ingest[s], get[s], read[s]); err != nil {
 				return fmt.Errorf("content ingest and get on %s: %w", s.daemon.Name, err)
 			}
 		}
@@ -112,6 +115,7 @@ func (r *Report) transfers(ctx context.Context, cfg Config, ours, theirs *side) 
 	size := fmt.Sprintf("%d MiB", cfg.BlobMiB)
 	r.addTransfer("ctr 1.6 content ingest "+size, ingest, ours, theirs)
 	r.addTransfer("ctr 1.6 content get "+size, get, ours, theirs)
+	r.addTransfer("Go client Content.Read "+size+" in one call", read, ours, theirs)
 
 	// Import the same tar each round, with each ctr.
 	// ctr 2.x imports through the Transfer service unless told otherwise,
@@ -139,14 +143,15 @@ func (r *Report) transfers(ctx context.Context, cfg Config, ours, theirs *side) 
 	return nil
 }
 
-// ingestRound ingests the blob at path under ref and reads it back with
-// ctr 1.6, timing both, then removes it: record and bytes.
+// ingestRound ingests the blob at path under ref, reads it back with ctr
+// 1.6 and then in one Read call, timing all three, then removes it: record
+// and bytes.
 func ingestRound(
 	ctx context.Context,
 	cfg Config,
 	s *side,
 	ref, path, digest string,
-	ingest, get *transferStats,
+	ingest, get, read *transferStats,
 ) error {
 	images := imagesapi.NewImagesClient(conn(s.client))
 	size := cfg.BlobMiB * mib
@@ -179,6 +184,10 @@ func ingestRound(
 		return err
 	}
 	get.add(float64(cfg.BlobMiB), wall, cpu)
+	if wall, cpu, err = timeRead(ctx, s, digest, size); err != nil {
+		return err
+	}
+	read.add(float64(cfg.BlobMiB), wall, cpu)
 
 	// Remove the record, then the holding image with a synchronous
 	// collection, which removes the bytes.
@@ -250,6 +259,36 @@ func timeCtr(
 	if err != nil {
 		return 0, CPU{}, fmt.Errorf("run ctr %s on %s: %w\n%s\n%s daemon %s",
 			strings.Join(args, " "), s.daemon.Name, err, out.Bytes(), s.daemon.Name, s.daemon.logTail())
+	}
+	after, err := s.daemon.CPU()
+	if err != nil {
+		return 0, CPU{}, err
+	}
+	return wall, after.Sub(before), nil
+}
+
+// timeRead reads the blob of digest in one Content.Read call, as a client
+// of the streaming API does, and checks that size bytes came.
+func timeRead(ctx context.Context, s *side, digest string, size int64) (time.Duration, CPU, error) {
+	before, err := s.daemon.CPU()
+	if err != nil {
+		return 0, CPU{}, err
+	}
+	start := time.Now()
+	rc, err := contentapi.NewContentClient(conn(s.client)).Read(ctx, &contentapi.ReadContentRequest{Digest: digest})
+	var n int64
+	for err == nil {
+		var resp *contentapi.ReadContentResponse
+		if resp, err = rc.Recv(); err == nil {
+			n += int64(len(resp.GetData()))
+		}
+	}
+	wall := time.Since(start)
+	if !errors.Is(err, io.EOF) {
+		return 0, CPU{}, fmt.Errorf("read %s on %s: %w", digest, s.daemon.Name, err)
+	}
+	if n != size {
+		return 0, CPU{}, fmt.Errorf("read %s on %s: %d bytes, want %d", digest, s.daemon.Name, n, size)
 	}
 	after, err := s.daemon.CPU()
 	if err != nil {
