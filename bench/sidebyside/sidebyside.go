@@ -248,12 +248,22 @@ func (r *Report) calls(ctx context.Context, cfg Config, w workload, ours, theirs
 	r.add(w.name+", sequential p99", micros(lo.P99), micros(lt.P99), "µs", lower)
 	r.add(fmt.Sprintf("%s, %d-way throughput", w.name, cfg.Workers),
 		median(o.rates), median(t.rates), "calls/s", higher)
-	r.add(w.name+", daemon CPU per call, all processes",
-		o.perCall(o.cpu.Total()), t.perCall(t.cpu.Total()), "µs", lower)
-	r.add(w.name+", of which the main process",
-		o.perCall(o.cpu.Daemon), t.perCall(t.cpu.Daemon), "µs", lower)
-	r.add(w.name+", of which child processes (plugins)",
-		o.perCall(o.cpu.ChildTotal()), t.perCall(t.cpu.ChildTotal()), "µs", lower)
+	// CPU per call apart for each part: a sequential call finds the daemon
+	// parked and pays for waking it, a call among 16 seldom does.
+	parts := []struct {
+		name string
+		o, t cpuCalls
+	}{
+		{"sequential", o.seq, t.seq},
+		{fmt.Sprintf("%d-way", cfg.Workers), o.par, t.par},
+	}
+	for _, p := range parts {
+		prefix := fmt.Sprintf("%s, %s, daemon CPU per call", w.name, p.name)
+		r.add(prefix+", all processes", p.o.per(p.o.cpu.Total()), p.t.per(p.t.cpu.Total()), "µs", lower)
+		r.add(prefix+", of which the main process", p.o.per(p.o.cpu.Daemon), p.t.per(p.t.cpu.Daemon), "µs", lower)
+		r.add(prefix+", of which child processes (plugins)",
+			p.o.per(p.o.cpu.ChildTotal()), p.t.per(p.t.cpu.ChildTotal()), "µs", lower)
+	}
 	return nil
 }
 
@@ -261,26 +271,35 @@ func (r *Report) calls(ctx context.Context, cfg Config, w workload, ours, theirs
 type measurement struct {
 	latencies []time.Duration // every sequential call
 	rates     []float64       // calls/s of each parallel run
-	cpu       CPU             // over every measured call
-	calls     int
+	seq, par  cpuCalls        // the daemon's CPU over the sequential and parallel calls
 }
 
-// perCall spreads d over the measured calls, in microseconds.
-func (m *measurement) perCall(d time.Duration) float64 {
-	if m.calls == 0 {
+// cpuCalls is the daemon's CPU over a number of calls.
+type cpuCalls struct {
+	cpu   CPU
+	calls int
+}
+
+// per spreads d over the calls, in microseconds.
+func (c cpuCalls) per(d time.Duration) float64 {
+	if c.calls == 0 {
 		return 0
 	}
-	return micros(d) / float64(m.calls)
+	return micros(d) / float64(c.calls)
 }
 
 // round runs the sequential and the parallel part of a workload once and
-// adds the daemon's CPU time around both.
+// adds the daemon's CPU time around each.
 func (m *measurement) round(ctx context.Context, cfg Config, s *side, call Call) error {
 	before, err := s.daemon.CPU()
 	if err != nil {
 		return err
 	}
 	latencies, err := Sequential(ctx, call, cfg.Calls)
+	if err != nil {
+		return err
+	}
+	middle, err := s.daemon.CPU()
 	if err != nil {
 		return err
 	}
@@ -295,8 +314,8 @@ func (m *measurement) round(ctx context.Context, cfg Config, s *side, call Call)
 
 	m.latencies = append(m.latencies, latencies...)
 	m.rates = append(m.rates, rate)
-	m.cpu = m.cpu.Add(after.Sub(before))
-	m.calls += cfg.Calls + cfg.ParallelCalls
+	m.seq.cpu, m.seq.calls = m.seq.cpu.Add(middle.Sub(before)), m.seq.calls+cfg.Calls
+	m.par.cpu, m.par.calls = m.par.cpu.Add(after.Sub(middle)), m.par.calls+cfg.ParallelCalls
 	return nil
 }
 
