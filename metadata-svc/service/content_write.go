@@ -77,7 +77,7 @@ func (w *writer) run(first *contentapi.WriteContentRequest) error {
 	if w.up, err = w.s.Blobs.Write(w.ctx); err != nil {
 		return errgrpc.ToNative(err)
 	}
-	defer w.up.CloseSend()
+	defer w.endUpstream()
 
 	for req := first; ; {
 		resp, err := w.handle(req)
@@ -92,6 +92,19 @@ func (w *writer) run(first *contentapi.WriteContentRequest) error {
 		}
 		if req, err = w.ss.Recv(); err != nil {
 			return upstreamEnd(err)
+		}
+	}
+}
+
+// endUpstream closes the content plugin's stream and waits for its end,
+// so that the plugin has released the ref's lock before the client learns
+// that its write is over: a writer the client opens next for the ref then
+// finds it free. Cancelling the client's call ends the wait.
+func (w *writer) endUpstream() {
+	_ = w.up.CloseSend()
+	for {
+		if _, err := w.up.Recv(); err != nil {
+			return
 		}
 	}
 }
