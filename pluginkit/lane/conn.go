@@ -131,12 +131,15 @@ func (c *conn) start(id uint32, call *Call) bool {
 	c.mu.Unlock()
 
 	go func() {
-		var r *Reply
+		var (
+			r  *Reply
+			rd *redirectTo
+		)
 		switch {
 		case !known:
 			r = c.s.unknown(call.Method)
 		case fl != nil:
-			r = c.serveStream(ctx, id, m, call, fl)
+			r, rd = c.serveStream(ctx, id, m, call, fl)
 		default:
 			r = c.s.unary(ctx, m, call)
 		}
@@ -146,6 +149,10 @@ func (c *conn) start(id uint32, call *Call) bool {
 		delete(c.calls, id)
 		c.mu.Unlock()
 		cancel()
+		if rd != nil {
+			c.sendRedirect(id, rd)
+			return
+		}
 		c.send(id, r)
 	}()
 	return true
@@ -154,6 +161,14 @@ func (c *conn) start(id uint32, call *Call) bool {
 // send queues a reply and flushes it if no other goroutine is flushing.
 func (c *conn) send(id uint32, r *Reply) {
 	_, flush := c.enqueue(func(b []byte) []byte { return appendReplyFrame(b, id, r) })
+	if flush {
+		c.flush()
+	}
+}
+
+// sendRedirect queues the frame that hands call id over as rd says.
+func (c *conn) sendRedirect(id uint32, rd *redirectTo) {
+	_, flush := c.enqueue(func(b []byte) []byte { return AppendRedirect(b, id, rd.target, &rd.call) })
 	if flush {
 		c.flush()
 	}

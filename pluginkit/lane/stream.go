@@ -2,8 +2,11 @@ package lane
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -65,8 +68,14 @@ func (f *flow) take(ctx context.Context, n int) error {
 }
 
 // serveStream runs a server-streaming call to m and returns the reply that
-// ends it. ctx ends with the call.
-func (c *conn) serveStream(ctx context.Context, id uint32, m method, call *Call, fl *flow) *Reply {
+// ends it, or where the handler redirected it. ctx ends with the call.
+func (c *conn) serveStream(
+	ctx context.Context,
+	id uint32,
+	m method,
+	call *Call,
+	fl *flow,
+) (*Reply, *redirectTo) {
 	ts := &transportStream{method: call.Method, c: c, id: id}
 	ctx, cancel := callContext(ctx, call, ts)
 	defer cancel()
@@ -82,12 +91,85 @@ func (c *conn) serveStream(ctx context.Context, id uint32, m method, call *Call,
 	} else {
 		err = m.stream(m.impl, ss)
 	}
+	var rd *redirect
+	if errors.As(err, &rd) {
+		return c.s.redirectReply(ctx, ts, rd)
+	}
 	r := &Reply{}
 	if err != nil {
 		r = errorReply(err)
 	}
 	r.Header, r.Trailer = ts.finish()
-	return r
+	return r, nil
+}
+
+// redirect is the error Redirect returns.
+type redirect struct {
+	target, method string
+	req            any
+}
+
+func (r *redirect) Error() string {
+	return fmt.Sprintf("lane: call handed over to %s %s", r.target, r.method)
+}
+
+// Redirect returns the error with which a server-streaming handler served
+// on a lane hands its call over to the plugin target (a plugin id): the
+// supervisor calls method there with req, without metadata and with what is
+// left of the call's deadline, and streams that call's answer to the
+// client. The handler must not have sent anything; the header and trailer
+// it set are dropped. Served otherwise (see CanRedirect), the error is
+// only an error.
+func Redirect(target, method string, req any) error {
+	return &redirect{target: target, method: method, req: req}
+}
+
+// CanRedirect reports whether the call of ctx is a server-streaming call
+// served on a lane, which its handler may end with Redirect.
+func CanRedirect(ctx context.Context) bool {
+	ts, ok := grpc.ServerTransportStreamFromContext(ctx).(*transportStream)
+	return ok && ts.c != nil
+}
+
+// IsRedirect reports whether err is, or wraps, an error of Redirect.
+func IsRedirect(err error) bool {
+	var rd *redirect
+	return errors.As(err, &rd)
+}
+
+// redirectReply returns where rd hands the call of ts over to, or an error
+// reply when it cannot.
+func (s *Server) redirectReply(ctx context.Context, ts *transportStream, rd *redirect) (*Reply, *redirectTo) {
+	ts.mu.Lock()
+	sent := ts.sent || ts.headerOut
+	ts.done = true
+	ts.mu.Unlock()
+	if sent {
+		return errorReply(status.Errorf(codes.Internal,
+			"lane: %s handed its call over to %s after answering it", ts.method, rd.target)), nil
+	}
+	call := Call{Method: rd.method}
+	if dl, ok := ctx.Deadline(); ok {
+		if call.Timeout = time.Until(dl); call.Timeout <= 0 {
+			return errorReply(status.FromContextError(context.DeadlineExceeded).Err()), nil
+		}
+	}
+	msg, err := s.encode(nil, rd.req)
+	if err != nil {
+		return errorReply(err), nil
+	}
+	if n := len(rd.target) + len(rd.method) + len(msg); n > MaxFrame-64 {
+		return errorReply(status.Errorf(codes.ResourceExhausted,
+			"lane: redirect of %d bytes is larger than a frame", n)), nil
+	}
+	call.Msg = msg
+	return nil, &redirectTo{target: rd.target, call: call}
+}
+
+// redirectTo is where a redirect sends a call.
+type redirectTo struct {
+	target string
+	call   Call
 }
 
 // serverStream is a server-streaming handler's grpc.ServerStream. As with

@@ -709,3 +709,75 @@ func TestStreamUnimplemented(t *testing.T) {
 	r := s.Dispatch(context.Background(), call)
 	checkStatus(t, r, codes.Unimplemented, "streaming method")
 }
+
+// TestStreamRedirect: a handler that returns Redirect before sending
+// anything ends its call with a redirect frame carrying the new call; one
+// that sent a message first, or runs without a lane, gets an error.
+func TestStreamRedirect(t *testing.T) {
+	var canRedirect atomic.Bool
+	_, sock := startContent(t, lane.ServerOptions{}, func(req *cpb.ReadContentRequest, srv cpb.Content_ReadServer) error {
+		canRedirect.Store(lane.CanRedirect(srv.Context()))
+		if req.GetDigest() == "late" {
+			if err := srv.Send(&cpb.ReadContentResponse{Data: []byte("x")}); err != nil {
+				return err
+			}
+		}
+		srv.SetTrailer(metadata.Pairs("dropped", "yes"))
+		raw := &cpb.ReadContentRequest{Digest: "raw:" + req.GetDigest(), Offset: req.GetOffset()}
+		return fmt.Errorf("hand over: %w", lane.Redirect("content", readMethod, raw))
+	})
+	c := dial(t, sock)
+
+	c.call(5, readMethod, time.Minute, []lane.Field{{Name: "containerd-namespace", Value: "ns"}},
+		&cpb.ReadContentRequest{Digest: "d", Offset: 7})
+	typ, id, body := c.next()
+	if typ != lane.TypeRedirect || id != 5 {
+		t.Fatalf("frame type %d for call %d, want a redirect for call 5", typ, id)
+	}
+	var call lane.Call
+	target, err := lane.ParseRedirect(body, &call)
+	if err != nil {
+		t.Fatalf("ParseRedirect: %v", err)
+	}
+	if !canRedirect.Load() {
+		t.Error("CanRedirect is false in a streaming handler on a lane")
+	}
+	if target != "content" || call.Method != readMethod || len(call.MD) != 0 {
+		t.Errorf("redirect to %q %q with metadata %v, want content %q without", target, call.Method, call.MD, readMethod)
+	}
+	if call.Timeout <= 0 || call.Timeout > time.Minute {
+		t.Errorf("redirected call's timeout %v, want what is left of a minute", call.Timeout)
+	}
+	payload, err := lane.MsgPayload(call.Msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := new(cpb.ReadContentRequest)
+	if err := proto.Unmarshal(payload, got); err != nil {
+		t.Fatal(err)
+	}
+	if got.GetDigest() != "raw:d" || got.GetOffset() != 7 {
+		t.Errorf("redirected request %v, want digest raw:d at 7", got)
+	}
+
+	// The id is free again: the same id makes a new call.
+	c.read(5, 0, "late")
+	s := c.stream(5)
+	if len(s.msgs) != 1 || codes.Code(s.reply.Code) != codes.Internal ||
+		!strings.Contains(s.reply.Message, "after answering") {
+		t.Errorf("redirect after a message: %d messages, reply %v %q; want 1 and Internal",
+			len(s.msgs), codes.Code(s.reply.Code), s.reply.Message)
+	}
+}
+
+// TestRedirectWithoutLane: in a plain gRPC handler context, CanRedirect is
+// false and the error stays an error.
+func TestRedirectWithoutLane(t *testing.T) {
+	if lane.CanRedirect(context.Background()) {
+		t.Error("CanRedirect(Background) = true")
+	}
+	err := fmt.Errorf("wrapped: %w", lane.Redirect("content", readMethod, &cpb.ReadContentRequest{}))
+	if !lane.IsRedirect(err) || lane.IsRedirect(errors.New("other")) {
+		t.Errorf("IsRedirect misjudges %v", err)
+	}
+}

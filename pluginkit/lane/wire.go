@@ -13,7 +13,8 @@
 // A frame is a 9-byte header, then a body:
 //
 //	u32 length of type, id and body (big-endian, as every integer here)
-//	u8  type (TypeCall, TypeCancel, TypeReply, TypeMsg, TypeCredit, TypeHeader)
+//	u8  type (TypeCall, TypeCancel, TypeReply, TypeMsg, TypeCredit, TypeHeader,
+//	    TypeRedirect)
 //	u32 call id, chosen by the supervisor, unique among a connection's open calls
 //
 // Call body: method (u16 length, bytes), timeout in nanoseconds (i64, 0 for
@@ -40,6 +41,16 @@
 // waits until it is positive again. Header body: metadata. Message body: the
 // message.
 //
+// Instead of answering a server-streaming call, a plugin may hand it over
+// before it sent anything for it: a redirect frame names another plugin and
+// carries a call body, and the supervisor makes that call to that plugin
+// (by its id, as the internal socket addresses plugins) and streams its
+// answer to the client as the answer to the first. The first plugin's call
+// is over once the redirect is sent. Redirect body: target (u16 length,
+// bytes), then a call body. metadata-svc uses it to let content-svc stream
+// the bytes of a large read once it has checked that the namespace may read
+// the blob, so that they cross the supervisor once instead of twice.
+//
 // Client-streaming and bidirectional calls, and calls whose client
 // compresses its messages, stay on HTTP/2.
 package lane
@@ -61,6 +72,8 @@ const (
 	TypeMsg    byte = 4
 	TypeCredit byte = 5
 	TypeHeader byte = 6
+	// TypeRedirect hands a server-streaming call over to another plugin.
+	TypeRedirect byte = 7
 )
 
 // InitialCredit is the credit each server-streaming call starts with.
@@ -129,12 +142,24 @@ func appendMD(b []byte, md []Field) []byte {
 // header limits, which are far smaller.
 func AppendCall(b []byte, id uint32, c *Call) []byte {
 	b, start := appendHeader(b, TypeCall, id)
+	return finish(appendCall(b, c), start)
+}
+
+func appendCall(b []byte, c *Call) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(len(c.Method)))
 	b = append(b, c.Method...)
 	b = binary.BigEndian.AppendUint64(b, uint64(c.Timeout))
 	b = appendMD(b, c.MD)
-	b = append(b, c.Msg...)
-	return finish(b, start)
+	return append(b, c.Msg...)
+}
+
+// AppendRedirect appends a redirect frame to b: the call c, to be made to
+// the plugin target instead.
+func AppendRedirect(b []byte, id uint32, target string, c *Call) []byte {
+	b, start := appendHeader(b, TypeRedirect, id)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(target)))
+	b = append(b, target...)
+	return finish(appendCall(b, c), start)
 }
 
 // AppendCancel appends a cancel frame to b.
@@ -360,6 +385,24 @@ func (p *parser) msg() []byte {
 // ParseCall decodes a call frame's body into c; c's fields point into body.
 func ParseCall(body []byte, c *Call) error {
 	p := parser{b: body}
+	return p.call(c)
+}
+
+// ParseRedirect decodes a redirect frame's body: the target plugin and the
+// call to make to it; c's fields point into body.
+func ParseRedirect(body []byte, c *Call) (target string, err error) {
+	p := parser{b: body}
+	target = string(p.take(p.u16()))
+	if err := p.call(c); err != nil {
+		return "", err
+	}
+	if target == "" {
+		return "", fmt.Errorf("%w: redirect without a target", ErrMalformed)
+	}
+	return target, nil
+}
+
+func (p *parser) call(c *Call) error {
 	c.Method = string(p.take(p.u16()))
 	if t := p.take(8); t != nil {
 		c.Timeout = time.Duration(binary.BigEndian.Uint64(t))

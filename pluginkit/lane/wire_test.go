@@ -152,6 +152,21 @@ func TestStreamFramesRoundTrip(t *testing.T) {
 			typ, id, n, err, lane.TypeCredit, most)
 	}
 
+	call := testCalls()["minimal"]
+	typ, id, body = readOne(t, lane.AppendRedirect(nil, 6, "content", call))
+	var rc lane.Call
+	target, err := lane.ParseRedirect(body, &rc)
+	if typ != lane.TypeRedirect || id != 6 || err != nil || target != "content" {
+		t.Fatalf("redirect frame = type %d id %d to %q, %v; want type %d id 6 to content",
+			typ, id, target, err, lane.TypeRedirect)
+	}
+	if diff := cmp.Diff(*call, rc, equateEmpty); diff != "" {
+		t.Errorf("redirected call (-want +got):\n%s", diff)
+	}
+	if _, err := lane.ParseRedirect(lane.AppendRedirect(nil, 6, "", call)[lane.HeaderLen:], &rc); !errors.Is(err, lane.ErrMalformed) {
+		t.Errorf("redirect without a target: %v, want ErrMalformed", err)
+	}
+
 	headers := [][]lane.Field{nil, {{Name: "h", Value: "1"}, {Name: "h-bin", Value: allBytes}}}
 	for _, want := range headers {
 		typ, id, body = readOne(t, lane.AppendHeader(nil, 5, want))
@@ -240,6 +255,12 @@ func TestTruncatedBodies(t *testing.T) {
 	for name, c := range testCalls() {
 		bodies["call/"+name] = body{lane.AppendCall(nil, 1, c)[lane.HeaderLen:], func(b []byte) error {
 			return lane.ParseCall(b, new(lane.Call))
+		}}
+	}
+	for name, c := range testCalls() {
+		bodies["redirect/"+name] = body{lane.AppendRedirect(nil, 1, "content", c)[lane.HeaderLen:], func(b []byte) error {
+			_, err := lane.ParseRedirect(b, new(lane.Call))
+			return err
 		}}
 	}
 	for name, r := range testReplies() {
@@ -356,8 +377,19 @@ func FuzzParse(f *testing.F) {
 			f.Add(lane.AppendReply(nil, 0, r)[lane.HeaderLen:])
 		}
 	}
+	f.Add(lane.AppendRedirect(nil, 0, "content", testCalls()["minimal"])[lane.HeaderLen:])
 	f.Add([]byte(strings.Repeat("\xff", 32)))
 	f.Fuzz(func(t *testing.T, body []byte) {
+		type redirect struct {
+			Target string
+			Call   lane.Call
+		}
+		checkReencode(t, "redirect", body, func(b []byte, rd *redirect) (err error) {
+			rd.Target, err = lane.ParseRedirect(b, &rd.Call)
+			return err
+		}, func(rd *redirect) []byte {
+			return lane.AppendRedirect(nil, 0, rd.Target, &rd.Call)
+		})
 		checkReencode(t, "call", body, lane.ParseCall, func(c *lane.Call) []byte {
 			return lane.AppendCall(nil, 0, c)
 		})
