@@ -95,9 +95,19 @@ type fakeContent struct {
 	sent    atomic.Int64
 	started chan struct{} // receives once per Read that started
 	ended   chan error    // receives each Read's end
+	// redirectTo, when set, makes Read on a lane hand the call over to
+	// that plugin id, with the offset doubled.
+	redirectTo string
 }
 
 func (f *fakeContent) Read(req *contentapi.ReadContentRequest, s contentapi.Content_ReadServer) error {
+	if f.redirectTo != "" {
+		if !lane.CanRedirect(s.Context()) {
+			return status.Error(codes.FailedPrecondition, "Read not on a lane")
+		}
+		return lane.Redirect(f.redirectTo, "/"+contentService+"/Read",
+			&contentapi.ReadContentRequest{Size: req.GetSize(), Offset: 2 * req.GetOffset()})
+	}
 	if f.started != nil {
 		f.started <- struct{}{}
 	}

@@ -1,6 +1,7 @@
 package h2router
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"fmt"
@@ -126,6 +127,21 @@ func (l *laneConn) readReplies() error {
 			if s = l.lookup(id); s != nil {
 				s.onLaneHeader(&l.fl, l, id, md)
 			}
+		case lane.TypeRedirect:
+			call := new(lane.Call)
+			target, err := lane.ParseRedirect(body, call)
+			if err != nil {
+				return err
+			}
+			// The body's storage serves the next frame.
+			call.Msg = bytes.Clone(call.Msg)
+			l.p.mu.Lock()
+			s = l.calls[id]
+			delete(l.calls, id)
+			l.p.mu.Unlock()
+			if s != nil {
+				s.onLaneRedirect(&l.fl, l, id, target, call)
+			}
 		default:
 			return fmt.Errorf("%w: frame type %d from the plugin", lane.ErrMalformed, typ)
 		}
@@ -178,6 +194,9 @@ func (s *stream) drainLaneLocked(fl *flushList) {
 		return
 	}
 	call := lane.Call{Method: s.path, MD: s.laneMD, Msg: s.up}
+	if rd := s.redirect; rd != nil {
+		call.Method, call.MD, call.Msg = rd.Method, rd.MD, rd.Msg
+	}
 	if !s.deadline.IsZero() {
 		if call.Timeout = time.Until(s.deadline); call.Timeout <= 0 {
 			s.failLocked(fl, codes.DeadlineExceeded, "context deadline exceeded")
@@ -260,6 +279,31 @@ func (s *stream) onLaneReply(fl *flushList, l *laneConn, id uint32, rep *lane.Re
 	}
 	s.downEnd = true
 	s.drainDownLocked(fl, rep.Msg)
+}
+
+// onLaneRedirect hands the call over to the plugin target, as the plugin on
+// l asked before it answered: the call goes there in the redirect's shape,
+// and what that plugin answers goes to the client. A call is handed over
+// once at most, so that plugins cannot pass it around for ever.
+func (s *stream) onLaneRedirect(fl *flushList, l *laneConn, id uint32, target string, call *lane.Call) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished || s.ln != l || s.lid != id {
+		return
+	}
+	s.replied = true // the plugin's call is over: nothing to cancel there
+	switch {
+	case s.respHeaders:
+		s.failLocked(fl, codes.Internal, "plugin handed over a call it had answered")
+		return
+	case s.redirect != nil:
+		s.failLocked(fl, codes.Internal, fmt.Sprintf("plugin %s handed over a call handed over to it", s.target))
+		return
+	}
+	s.detachLocked(fl)
+	s.target, s.redirect = target, call
+	s.upEndSent = false
+	go s.open(false)
 }
 
 // onLaneHeader forwards the header metadata a streaming handler sent.

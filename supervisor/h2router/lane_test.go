@@ -3,6 +3,7 @@ package h2router
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"io"
 	"net"
 	"path/filepath"
@@ -49,6 +50,8 @@ func TestOverLanes(t *testing.T) {
 		{"LaneCancel", testLaneCancel},
 		{"LaneLeavesCompressedCalls", testLaneLeavesCompressedCalls},
 		{"LanePluginIgnoresCredit", testLanePluginIgnoresCredit},
+		{"LaneRedirect", testLaneRedirect},
+		{"LaneRedirectWithoutLane", testLaneRedirectWithoutLane},
 	} {
 		t.Run(tc.name, tc.fn)
 	}
@@ -144,6 +147,65 @@ func testLaneLeavesCompressedCalls(t *testing.T) {
 	if _, ok := r.pool.ready(addrKey(b.addr)); !ok {
 		t.Error("a compressed call did not go over HTTP/2")
 	}
+}
+
+// testLaneRedirect: a plugin hands a Read over to another plugin by its id;
+// the client gets that plugin's answer to the call the redirect made, and
+// both plugins' leases are released.
+func testLaneRedirect(t *testing.T) {
+	front := startBackend(t, &fakeNamespaces{}, &fakeContent{redirectTo: "raw"})
+	rawContent := &fakeContent{}
+	raw := startBackend(t, &fakeNamespaces{}, rawContent)
+	fb := newFakeBackends(front, front)
+	fb.swap("raw", raw)
+	r, conn := startRouter(t, fb, Options{})
+
+	const size = 3<<20 + 5
+	rs, err := contentapi.NewContentClient(conn).Read(nsCtx(), &contentapi.ReadContentRequest{Size: size, Offset: 512 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for {
+		resp, err := rs.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("Recv after %d bytes: %v", n, err)
+		}
+		// The raw plugin sends 1 MiB pieces, the offset it was asked for
+		// doubled by the front plugin.
+		if resp.GetOffset() != n || len(resp.GetData()) > 1<<20 || resp.GetData()[0] != byte(n/(1<<20)) {
+			t.Fatalf("piece at %d of %d bytes: not the raw plugin's answer to the redirected call",
+				resp.GetOffset(), len(resp.GetData()))
+		}
+		n += int64(len(resp.GetData()))
+	}
+	if n != size || rawContent.sent.Load() != size {
+		t.Errorf("client got %d bytes, the raw plugin sent %d; want %d", n, rawContent.sent.Load(), size)
+	}
+	waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
+}
+
+// testLaneRedirectWithoutLane: a plugin that hands a call over to a plugin
+// without a lane gets the call failed with Unavailable.
+func testLaneRedirectWithoutLane(t *testing.T) {
+	front := startBackend(t, &fakeNamespaces{}, &fakeContent{redirectTo: "raw"})
+	withLanes = false
+	raw := startBackend(t, &fakeNamespaces{}, &fakeContent{})
+	withLanes = true
+	fb := newFakeBackends(front, front)
+	fb.swap("raw", raw)
+	r, conn := startRouter(t, fb, Options{})
+	rs, err := contentapi.NewContentClient(conn).Read(nsCtx(), &contentapi.ReadContentRequest{Size: 10, Offset: 1})
+	if err == nil {
+		_, err = rs.Recv()
+	}
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no lane") {
+		t.Errorf("Read handed over to a plugin without a lane = %v, want Unavailable", err)
+	}
+	waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
 }
 
 // testLanePluginIgnoresCredit serves a lane by hand that streams past its

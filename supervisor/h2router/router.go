@@ -362,6 +362,11 @@ func (s *stream) connect(fl *flushList, replay bool) error {
 	if err != nil {
 		return err
 	}
+	if s.redirect != nil && lane.LaneOf(addr) == "" {
+		// Only a lane takes the call in its new shape.
+		release()
+		return status.Errorf(codes.Unavailable, "plugin %s has no lane to take a call handed over", s.target)
+	}
 	if path := lane.LaneOf(addr); s.lane && path != "" {
 		l, err := r.getLane(s.ctx, path)
 		if err != nil {

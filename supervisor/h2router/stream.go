@@ -44,8 +44,11 @@ type stream struct {
 	laneMD  []lane.Field // its metadata as the lane carries it
 	ln      *laneConn
 	lid     uint32
-	replied bool         // the plugin's reply on the lane came: nothing to cancel
-	inProc  *lane.Server // set when the call runs in the supervisor
+	replied bool // the plugin's reply on the lane came: nothing to cancel
+	// redirect is the call a plugin handed this one over as, to the plugin
+	// target names; nil until then.
+	redirect *lane.Call
+	inProc   *lane.Server // set when the call runs in the supervisor
 
 	// Client to backend.
 	up          []byte
