@@ -451,6 +451,42 @@ func TestContentConformance(t *testing.T) {
 	}
 }
 
+// TestContentLargeReads reads a blob in calls too large for the metadata
+// plugin's read-ahead, which it hands over to the content plugin after
+// checking the namespace: the bytes are right, and a namespace without the
+// blob gets NotFound, not the bytes.
+func TestContentLargeReads(t *testing.T) {
+	testkit.RequiresRoot(t)
+	d := startDaemon(t, settings{})
+	c := newClient(t, d)
+	ctx, _ := withLease(t, c, nsContext(t, uniqueNS("largeread")))
+	data := make([]byte, 3<<20+123)
+	for i := range data {
+		data[i] = byte(i*31 + i>>12)
+	}
+	dgst := digest.FromBytes(data)
+	desc := ocispec.Descriptor{MediaType: "application/octet-stream", Digest: dgst, Size: int64(len(data))}
+	if err := content.WriteBlob(ctx, c.ContentStore(), "largeread", bytes.NewReader(data), desc); err != nil {
+		t.Fatalf("WriteBlob: %v", err)
+	}
+	for _, tt := range []struct{ offset, size int64 }{
+		{0, 0}, {1<<20 + 7, 3 << 19}, {int64(len(data)) - 300<<10, 1 << 30},
+	} {
+		got, err := rawRead(ctx, c, &contentapi.ReadContentRequest{Digest: dgst.String(), Offset: tt.offset, Size: tt.size})
+		end := int64(len(data))
+		if tt.size > 0 && tt.offset+tt.size < end {
+			end = tt.offset + tt.size
+		}
+		if err != nil || !bytes.Equal(got, data[tt.offset:end]) {
+			t.Errorf("Read(%d, %d) = %d bytes, %v; want the %d bytes there", tt.offset, tt.size, len(got), err, end-tt.offset)
+		}
+	}
+	other := nsContext(t, uniqueNS("largeread-other"))
+	if got, err := rawRead(other, c, &contentapi.ReadContentRequest{Digest: dgst.String()}); !errdefs.IsNotFound(err) {
+		t.Errorf("Read in another namespace = %d bytes, %v; want NotFound", len(got), err)
+	}
+}
+
 // sharingSettings configures the content sharing policy.
 func sharingSettings(policy string) settings {
 	return settings{Extra: fmt.Sprintf(`

@@ -18,6 +18,7 @@ import (
 	"corral.dev/metadata-svc/metadata"
 	"corral.dev/pluginkit"
 	"corral.dev/pluginkit/filters"
+	"corral.dev/pluginkit/lane"
 )
 
 // Event topics of the Content service.
@@ -159,6 +160,10 @@ func (s *Content) Read(req *contentapi.ReadContentRequest, ss contentapi.Content
 	}
 	if err == nil {
 		err = s.read(ctx, req, info.GetSize(), ss)
+	}
+	if lane.IsRedirect(err) {
+		s.logRequest("read content from the content plugin", ns, "digest", req.GetDigest(), nil)
+		return err
 	}
 	s.logRequest("read content", ns, "digest", req.GetDigest(), err)
 	return errgrpc.ToGRPC(err)

@@ -11,6 +11,8 @@ import (
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+
+	"corral.dev/pluginkit/lane"
 )
 
 // Read-ahead of small reads. Clients read layers through a ReaderAt, one
@@ -25,6 +27,8 @@ const (
 	chunkSize      = 1 << 20
 	cachedChunks   = 16
 	smallReadLimit = 256 << 10
+	// readMethod is content-svc's Read, which a large read is handed to.
+	readMethod = "/containerd.services.content.v1.Content/Read"
 	// fetchTimeout bounds one chunk's fetch, which no call's context
 	// bounds: several calls may wait for it, and a read-ahead has no caller.
 	fetchTimeout = time.Minute
@@ -116,6 +120,13 @@ func (s *Content) read(ctx context.Context, req *contentapi.ReadContentRequest, 
 		end = off + n
 	}
 	if end-off > smallReadLimit || s.cache == nil {
+		if lane.CanRedirect(ctx) {
+			// The namespace may read the blob: content-svc streams the
+			// bytes to the client itself, through the supervisor once.
+			return lane.Redirect(ContentPluginID, readMethod, &contentapi.ReadContentRequest{
+				Digest: req.GetDigest(), Offset: off, Size: req.GetSize(),
+			})
+		}
 		return s.proxyRead(ctx, req, ss)
 	}
 	// Reply offsets count from the requested offset, as containerd's do.
