@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // keepBuf is the largest write buffer a connection keeps for reuse, and the
@@ -65,8 +66,14 @@ func (c *conn) serve() {
 		case TypeCall:
 			call := new(Call)
 			if err := ParseCall(body, call); err != nil {
-				log.Warn().Err(err).Uint32("id", id).Msg("lane connection closed on a bad call")
-				return
+				// The frame's length kept the reader in step: the call
+				// alone is bad, and the calls beside it go on.
+				err = status.Errorf(codes.Internal, "lane: malformed call: %v", err)
+				if !c.refuse(id, err) {
+					log.Warn().Uint32("id", id).Msg("lane connection closed on a call id already in flight")
+					return
+				}
+				continue
 			}
 			if !c.start(id, call) {
 				log.Warn().Uint32("id", id).Msg("lane connection closed on a call id already in flight")
@@ -155,6 +162,18 @@ func (c *conn) start(id uint32, call *Call) bool {
 		}
 		c.send(id, r)
 	}()
+	return true
+}
+
+// refuse answers call id with err at once, unless id is in flight.
+func (c *conn) refuse(id uint32, err error) bool {
+	c.mu.Lock()
+	_, dup := c.calls[id]
+	c.mu.Unlock()
+	if dup {
+		return false
+	}
+	c.send(id, errorReply(err))
 	return true
 }
 

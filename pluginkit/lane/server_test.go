@@ -527,7 +527,6 @@ func TestBadFramesEndConnection(t *testing.T) {
 		send func(c *client)
 	}{
 		{"unknown type", func(c *client) { c.write(body(9)) }},
-		{"truncated call", func(c *client) { c.write(body(lane.TypeCall, 0, 5, '/')) }},
 		{"cancel with a body", func(c *client) { c.write(body(lane.TypeCancel, 1)) }},
 		{"credit with a short body", func(c *client) { c.write(body(lane.TypeCredit, 0, 0, 1)) }},
 		{"message from the supervisor", func(c *client) {
@@ -546,6 +545,29 @@ func TestBadFramesEndConnection(t *testing.T) {
 			c.expectClosed()
 		})
 	}
+}
+
+// TestMalformedCallFailsAlone: a call frame whose body does not parse is
+// answered Internal, and the connection goes on serving.
+func TestMalformedCallFailsAlone(t *testing.T) {
+	_, sock := startServer(t, lane.ServerOptions{}, echo)
+	c := dial(t, sock)
+	payload, _ := proto.Marshal(&api.GetNamespaceRequest{Name: "x"})
+	compressed := append([]byte{1, 0, 0, 0, byte(len(payload))}, payload...)
+	two := lane.AppendMsg(lane.AppendMsg(nil, payload), payload)
+	for name, msg := range map[string][]byte{
+		"truncated":  {0, 0, 0},
+		"compressed": compressed,
+		"two":        two,
+		"none":       nil,
+	} {
+		c.write(lane.AppendCall(nil, 7, &lane.Call{Method: getMethod, Msg: msg}))
+		id, r := c.reply()
+		if id != 7 || codes.Code(r.Code) != codes.Internal || !strings.Contains(r.Message, "malformed call") {
+			t.Errorf("%s message: reply for %d = %v %q, want Internal for 7", name, id, codes.Code(r.Code), r.Message)
+		}
+	}
+	decode(t, c.get("x"))
 }
 
 func TestAcceptRefuses(t *testing.T) {
