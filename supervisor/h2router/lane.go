@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -194,6 +195,10 @@ func (s *stream) drainLaneLocked(fl *flushList) {
 		return
 	}
 	call := lane.Call{Method: s.path, MD: s.laneMD, Msg: s.up}
+	if code, msg := checkLaneRequest(&call, &s.upScan); code != codes.OK {
+		s.failLocked(fl, code, msg)
+		return
+	}
 	if rd := s.redirect; rd != nil {
 		call.Method, call.MD, call.Msg = rd.Method, rd.MD, rd.Msg
 	}
@@ -216,6 +221,29 @@ func (s *stream) drainLaneLocked(fl *flushList) {
 	}
 	p.mu.Unlock()
 	fl.add(p)
+}
+
+// checkLaneRequest checks that a call fits a lane frame and carries the one
+// uncompressed message a lane call has, as the plugin will, so that a bad
+// request fails alone instead of ending the lane it shares with other calls.
+// The codes are those grpc-go's server gives.
+func checkLaneRequest(c *lane.Call, scan *msgScanner) (codes.Code, string) {
+	switch {
+	case scan.msgs != 1 || !scan.boundary():
+		return codes.Internal, fmt.Sprintf(
+			"grpc: a call of %s takes one request message, the client sent %d and %d bytes more",
+			c.Method, scan.msgs, scan.hn)
+	case c.Msg[0] != 0:
+		return codes.Internal, "grpc: compressed flag set with identity or empty encoding"
+	}
+	n := lane.HeaderLen + len(c.Method) + len(c.Msg)
+	for _, f := range c.MD {
+		n += 6 + len(f.Name) + len(f.Value)
+	}
+	if n > lane.MaxFrame {
+		return codes.ResourceExhausted, fmt.Sprintf("call of %d bytes is larger than a plugin takes (%d)", n, lane.MaxFrame)
+	}
+	return codes.OK, ""
 }
 
 // attachLocal starts a call to one of the supervisor's own services, run in
@@ -456,6 +484,10 @@ func laneMetadata(fields []hpack.HeaderField) ([]lane.Field, bool) {
 		}
 		if reservedField(f.Name) {
 			continue
+		}
+		if len(f.Name) > math.MaxUint16 || len(md) == math.MaxUint16 {
+			// More than a lane frame's metadata holds: HTTP/2 takes it.
+			return nil, false
 		}
 		v := f.Value
 		if strings.HasSuffix(f.Name, "-bin") {

@@ -13,6 +13,7 @@ import (
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	_ "google.golang.org/grpc/encoding/gzip" // registers the compressor TestLaneLeavesCompressedCalls uses
@@ -51,6 +52,8 @@ func TestOverLanes(t *testing.T) {
 		{"LaneLeavesCompressedCalls", testLaneLeavesCompressedCalls},
 		{"LanePluginIgnoresCredit", testLanePluginIgnoresCredit},
 		{"LaneRedirect", testLaneRedirect},
+		{"LaneBadRequestsFailAlone", testLaneBadRequestsFailAlone},
+		{"LaneRedirectToUnknownPlugin", testLaneRedirectToUnknownPlugin},
 		{"LaneRedirectWithoutLane", testLaneRedirectWithoutLane},
 	} {
 		t.Run(tc.name, tc.fn)
@@ -184,6 +187,65 @@ func testLaneRedirect(t *testing.T) {
 	}
 	if n != size || rawContent.sent.Load() != size {
 		t.Errorf("client got %d bytes, the raw plugin sent %d; want %d", n, rawContent.sent.Load(), size)
+	}
+	waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
+}
+
+// testLaneBadRequestsFailAlone sends requests a lane frame cannot carry (no
+// message, two, a compressed one without an encoding, a stream of messages
+// that does not end): each call fails with Internal on its own, and a Read
+// on the same lane goes on.
+func testLaneBadRequestsFailAlone(t *testing.T) {
+	fb, _ := newPair(t)
+	r, conn := startRouter(t, fb, Options{})
+	ctx, cancel := context.WithCancel(nsCtx())
+	defer cancel()
+	rs, err := contentapi.NewContentClient(conn).Read(ctx, &contentapi.ReadContentRequest{Size: -1, Offset: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rs.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
+	get := "/" + nsService + "/Get"
+	req := &namespacesapi.GetNamespaceRequest{Name: "a"}
+	settings := func(fr *http2.Framer) { _ = fr.WriteSettings() }
+	compressed := func(fr *http2.Framer) { _ = fr.WriteData(1, true, []byte{1, 0, 0, 0, 0}) }
+	endless := newFrameWriter(true).do(settings).headers(1, get, false)
+	for range 64 {
+		endless.message(1, req, false)
+	}
+	for name, w := range map[string]*frameWriter{
+		"no message":   newFrameWriter(true).do(settings).headers(1, get, true),
+		"two messages": newFrameWriter(true).do(settings).headers(1, get, false).message(1, req, false).message(1, req, true),
+		"compressed":   newFrameWriter(true).do(settings).headers(1, get, false).do(compressed),
+		"endless":      endless,
+	} {
+		if got := rawExchange(t, r, w.bytes()); got.status != "13" {
+			t.Errorf("%s: outcome %+v, want status 13 (Internal)", name, got)
+		}
+	}
+	for range 3 {
+		if _, err := rs.Recv(); err != nil {
+			t.Fatalf("Read beside the bad requests: %v", err)
+		}
+	}
+}
+
+// testLaneRedirectToUnknownPlugin: a call handed over to a plugin the
+// supervisor does not know fails with Internal, not with the NotFound a
+// client would take for its own.
+func testLaneRedirectToUnknownPlugin(t *testing.T) {
+	front := startBackend(t, &fakeNamespaces{}, &fakeContent{redirectTo: "nowhere"})
+	fb := newFakeBackends(front, front)
+	r, conn := startRouter(t, fb, Options{})
+	rs, err := contentapi.NewContentClient(conn).Read(nsCtx(), &contentapi.ReadContentRequest{Size: 10, Offset: 1})
+	if err == nil {
+		_, err = rs.Recv()
+	}
+	if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "nowhere") {
+		t.Errorf("Read handed over to an unknown plugin = %v, want Internal naming it", err)
 	}
 	waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
 }

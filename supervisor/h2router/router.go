@@ -360,6 +360,11 @@ func (s *stream) connect(fl *flushList, replay bool) error {
 	r := s.c.r
 	addr, release, err := r.acquire(s.ctx, s.service, s.target)
 	if err != nil {
+		if c := status.Code(err); s.redirect != nil && (c == codes.NotFound || c == codes.Unimplemented) {
+			// Not the client's NotFound: a plugin named one that is not there.
+			return status.Errorf(codes.Internal, "call handed over to plugin %s: %s",
+				s.target, status.Convert(err).Message())
+		}
 		return err
 	}
 	if s.redirect != nil && lane.LaneOf(addr) == "" {

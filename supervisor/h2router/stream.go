@@ -120,6 +120,14 @@ func (s *stream) onClientData(fl *flushList, data []byte, flowLen int64, end boo
 			"grpc: received message larger than max (%d vs. %d)", n, s.c.r.opts.MaxRecvMsgSize))
 		return nil
 	}
+	if s.lane && s.upScan.msgs > 1 {
+		// A method that takes one request: the router would hold what
+		// follows without bound, as it takes such requests whole.
+		s.c.p.credit(fl, int64(len(data)))
+		s.failLocked(fl, codes.Internal, fmt.Sprintf(
+			"grpc: a call of %s takes one request message, the client sent more", s.path))
+		return nil
+	}
 	if s.replayable && !s.lane && len(s.up)+len(data) > replayLimit {
 		s.stopRetainingLocked()
 	}

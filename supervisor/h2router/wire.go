@@ -15,6 +15,7 @@ type msgScanner struct {
 	hdr    [5]byte
 	hn     int    // header bytes seen of the current message
 	remain uint32 // payload bytes left in the current message
+	msgs   int    // messages whose header was seen
 }
 
 // feed consumes data and reports the length of the first message whose
@@ -34,6 +35,7 @@ func (m *msgScanner) feed(data []byte, limit int) int64 {
 			return -1
 		}
 		m.hn = 0
+		m.msgs++
 		size := uint32(m.hdr[1])<<24 | uint32(m.hdr[2])<<16 | uint32(m.hdr[3])<<8 | uint32(m.hdr[4])
 		if limit > 0 && int64(size) > int64(limit) {
 			return int64(size)
