@@ -161,20 +161,27 @@ func (s *Content) readAhead(dgst string, index, size int64) {
 }
 
 // chunk returns chunk index of a blob, from the cache or from content-svc.
+// A call that joined a fetch it did not start (a read-ahead, or another
+// call's) and saw it fail fetches once more itself, so that a failure
+// reaches only the calls whose own fetch failed.
 func (s *Content) chunk(ctx context.Context, dgst string, index, size int64) ([]byte, error) {
 	k := chunkKey{digest: dgst, index: index}
-	data, f, started := s.cache.lookup(k)
-	if data != nil {
-		return data, nil
-	}
-	if started {
-		go s.fetch(k, f, size)
-	}
-	select {
-	case <-f.done:
-		return f.data, f.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	for try := 0; ; try++ {
+		data, f, started := s.cache.lookup(k)
+		if data != nil {
+			return data, nil
+		}
+		if started {
+			go s.fetch(k, f, size)
+		}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if f.err == nil || started || try > 0 {
+			return f.data, f.err
+		}
 	}
 }
 
@@ -182,8 +189,8 @@ func (s *Content) chunk(ctx context.Context, dgst string, index, size int64) ([]
 func (s *Content) fetch(k chunkKey, f *fetch, size int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
 	defer cancel()
-	// A failure goes to the calls waiting, if any; a read-ahead's is
-	// dropped, and the call that wants the chunk fetches it again.
+	// A failure goes to the calls waiting, if any, which try again (see
+	// chunk); a read-ahead's with none waiting is dropped.
 	data, err := s.fetchChunk(ctx, k, size)
 	s.cache.finish(k, f, data, err)
 }
