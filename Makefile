@@ -9,6 +9,7 @@ LDFLAGS    := -X corral.dev/supervisor/version.Version=$(VERSION) -X corral.dev/
 GO_TEST    ?= go test -count=1
 export PATH := $(TOOLS_BIN):$(PATH)
 export CORRAL_CTR2 := $(TOOLS_BIN)/ctr
+export H2SPEC := $(TOOLS_BIN)/h2spec
 
 .PHONY: all deps build run test test-unit test-root check-protos protos lint clean
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing corral needs on Debian 12, as
-# root: Debian's packages, ctr 2.4.2 and the pinned code generators. Packages
+# root: Debian's packages, ctr 2.4.2, h2spec and the pinned code generators. Packages
 # already present are left alone, so running it again is cheap.
 set -euo pipefail
 
@@ -32,3 +32,5 @@ install_tool buf github.com/bufbuild/buf/cmd/buf@v1.50.0
 install_tool protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 install_tool protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
 install_tool staticcheck honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# h2spec has no go.mod: its dependencies resolve to their newest versions.
+install_tool h2spec github.com/summerwind/h2spec/cmd/h2spec@v2.2.1+incompatible
