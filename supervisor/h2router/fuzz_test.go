@@ -124,7 +124,17 @@ func fuzzSeeds() [][]byte {
 // FuzzClientFrames feeds frame sequences to the client side of a router
 // whose backends are real gRPC servers: it must neither panic nor leave
 // goroutines behind once the connection is gone.
-func FuzzClientFrames(f *testing.F) {
+func FuzzClientFrames(f *testing.F) { fuzzClientFrames(f) }
+
+// FuzzClientFramesOverLanes is FuzzClientFrames with backends that serve
+// lanes, where the router takes unary and server-streaming requests whole.
+func FuzzClientFramesOverLanes(f *testing.F) {
+	withLanes = true
+	f.Cleanup(func() { withLanes = false })
+	fuzzClientFrames(f)
+}
+
+func fuzzClientFrames(f *testing.F) {
 	for _, seed := range fuzzSeeds() {
 		f.Add(seed)
 	}
