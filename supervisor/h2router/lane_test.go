@@ -53,8 +53,7 @@ func TestOverLanes(t *testing.T) {
 		{"LanePluginIgnoresCredit", testLanePluginIgnoresCredit},
 		{"LaneRedirect", testLaneRedirect},
 		{"LaneBadRequestsFailAlone", testLaneBadRequestsFailAlone},
-		{"LaneRedirectToUnknownPlugin", testLaneRedirectToUnknownPlugin},
-		{"LaneRedirectWithoutLane", testLaneRedirectWithoutLane},
+		{"LaneRedirectFails", testLaneRedirectFails},
 	} {
 		t.Run(tc.name, tc.fn)
 	}
@@ -233,41 +232,34 @@ func testLaneBadRequestsFailAlone(t *testing.T) {
 	}
 }
 
-// testLaneRedirectToUnknownPlugin: a call handed over to a plugin the
-// supervisor does not know fails with Internal, not with the NotFound a
-// client would take for its own.
-func testLaneRedirectToUnknownPlugin(t *testing.T) {
-	front := startBackend(t, &fakeNamespaces{}, &fakeContent{redirectTo: "nowhere"})
-	fb := newFakeBackends(front, front)
-	r, conn := startRouter(t, fb, Options{})
-	rs, err := contentapi.NewContentClient(conn).Read(nsCtx(), &contentapi.ReadContentRequest{Size: 10, Offset: 1})
-	if err == nil {
-		_, err = rs.Recv()
-	}
-	if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "nowhere") {
-		t.Errorf("Read handed over to an unknown plugin = %v, want Internal naming it", err)
-	}
-	waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
-}
-
-// testLaneRedirectWithoutLane: a plugin that hands a call over to a plugin
-// without a lane gets the call failed with Unavailable.
-func testLaneRedirectWithoutLane(t *testing.T) {
-	front := startBackend(t, &fakeNamespaces{}, &fakeContent{redirectTo: "raw"})
+// testLaneRedirectFails hands calls over to where they cannot go: to a
+// plugin the supervisor does not know (Internal, not the NotFound a client
+// would take for its own) and to one without a lane (Unavailable).
+func testLaneRedirectFails(t *testing.T) {
 	withLanes = false
-	raw := startBackend(t, &fakeNamespaces{}, &fakeContent{})
+	laneless := startBackend(t, &fakeNamespaces{}, &fakeContent{})
 	withLanes = true
-	fb := newFakeBackends(front, front)
-	fb.swap("raw", raw)
-	r, conn := startRouter(t, fb, Options{})
-	rs, err := contentapi.NewContentClient(conn).Read(nsCtx(), &contentapi.ReadContentRequest{Size: 10, Offset: 1})
-	if err == nil {
-		_, err = rs.Recv()
+	for _, tc := range []struct {
+		target string
+		code   codes.Code
+		says   string
+	}{
+		{"nowhere", codes.Internal, "nowhere"},
+		{"laneless", codes.Unavailable, "no lane"},
+	} {
+		front := startBackend(t, &fakeNamespaces{}, &fakeContent{redirectTo: tc.target})
+		fb := newFakeBackends(front, front)
+		fb.swap("laneless", laneless)
+		r, conn := startRouter(t, fb, Options{})
+		rs, err := contentapi.NewContentClient(conn).Read(nsCtx(), &contentapi.ReadContentRequest{Size: 10, Offset: 1})
+		if err == nil {
+			_, err = rs.Recv()
+		}
+		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("Read handed over to %s = %v, want %v saying %q", tc.target, err, tc.code, tc.says)
+		}
+		waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
 	}
-	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no lane") {
-		t.Errorf("Read handed over to a plugin without a lane = %v, want Unavailable", err)
-	}
-	waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
 }
 
 // testLanePluginIgnoresCredit serves a lane by hand that streams past its
