@@ -10,12 +10,16 @@ import (
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/opencontainers/go-digest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // readLog records the Read calls content-svc serves.
 type readLog struct {
 	mu    sync.Mutex
 	reads []*contentapi.ReadContentRequest
+	// before, when set, runs ahead of each Read; an error fails the Read.
+	before func(*contentapi.ReadContentRequest) error
 }
 
 func (l *readLog) take() []*contentapi.ReadContentRequest {
@@ -47,7 +51,13 @@ type loggingBlobs struct {
 func (b *loggingBlobs) Read(req *contentapi.ReadContentRequest, ss contentapi.Content_ReadServer) error {
 	b.log.mu.Lock()
 	b.log.reads = append(b.log.reads, req)
+	before := b.log.before
 	b.log.mu.Unlock()
+	if before != nil {
+		if err := before(req); err != nil {
+			return err
+		}
+	}
 	return b.ContentServer.Read(req, ss)
 }
 
@@ -141,6 +151,43 @@ func TestContentReadsShareAFetch(t *testing.T) {
 	wg.Wait()
 	if got := env.rawLog.offsets(); !slices.Equal(got, []int64{0}) {
 		t.Errorf("content-svc reads at %v, want one fetch of chunk 0", got)
+	}
+}
+
+// TestContentReadAfterFailedReadAhead: a read that joined a read-ahead
+// which then failed fetches the chunk itself instead of failing.
+func TestContentReadAfterFailedReadAhead(t *testing.T) {
+	env := newContentEnv(t, "shared")
+	ctx := inNamespace("ra")
+	const mib = 1 << 20
+	data, d := putBlob(t, env, ctx, 2*mib)
+
+	release := make(chan struct{})
+	var failed sync.Once
+	env.rawLog.mu.Lock()
+	env.rawLog.before = func(req *contentapi.ReadContentRequest) error {
+		if req.GetOffset() != mib {
+			return nil
+		}
+		err := status.Error(codes.Unavailable, "content plugin restarting")
+		var first bool
+		failed.Do(func() { first = true })
+		if !first {
+			return nil
+		}
+		<-release
+		return err
+	}
+	env.rawLog.mu.Unlock()
+
+	readAt(t, env, ctx, d, mib-4096, 4096) // starts reading chunk 1 ahead
+	waitUntil(t, "chunk 1 read ahead", func() bool { return slices.Contains(env.rawLog.offsets(), mib) })
+	got := make(chan []byte)
+	go func() { got <- readAt(t, env, ctx, d, mib, 4096) }()
+	time.Sleep(100 * time.Millisecond) // the read joins the fetch under way
+	close(release)
+	if b := <-got; !bytes.Equal(b, data[mib:mib+4096]) {
+		t.Errorf("read after a failed read-ahead: %d bytes, not the ones written there", len(b))
 	}
 }
 
