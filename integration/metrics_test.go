@@ -4,10 +4,13 @@ package integration
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -161,6 +164,21 @@ func TestPluginProcs(t *testing.T) {
 	for id := range d.plugins(t) {
 		if v := metricValue(t, families, "go_sched_gomaxprocs_threads", id); v != 3 {
 			t.Errorf("go_sched_gomaxprocs_threads{plugin=%q} = %v, want 3", id, v)
+		}
+	}
+	// Every process keeps the runtime's monitor thread out of deep sleep
+	// (package gotune).
+	pids := []int{d.Pid}
+	for _, p := range d.plugins(t) {
+		pids = append(pids, p.Pid)
+	}
+	for _, pid := range pids {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(strings.Split(string(env), "\x00"), "GODEBUG=schedtrace=2147483647") {
+			t.Errorf("process %d runs without GODEBUG=schedtrace=2147483647", pid)
 		}
 	}
 	for _, m := range families["go_sched_gomaxprocs_threads"].GetMetric() {

@@ -16,6 +16,7 @@ import (
 	"corral.dev/pluginkit"
 	"corral.dev/supervisor/config"
 	"corral.dev/supervisor/daemon"
+	"corral.dev/supervisor/gotune"
 	"corral.dev/supervisor/version"
 )
 
@@ -106,6 +107,9 @@ func serve(c *cli.Context, plugins []pluginkit.Plugin) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own executable: %w", err)
+	}
+	if err := gotune.Reexec(exe); err != nil {
+		log.Warn().Err(err).Msg("running without the Go runtime settings of package gotune")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

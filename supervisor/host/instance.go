@@ -19,6 +19,7 @@ import (
 
 	"corral.dev/pluginkit"
 	pluginv1 "corral.dev/proto/plugin/v1"
+	"corral.dev/supervisor/gotune"
 	"corral.dev/supervisor/router"
 )
 
@@ -150,6 +151,7 @@ func (in *Instance) start() error {
 	if n := in.h.opts.Procs; n > 0 {
 		env = append(env, "GOMAXPROCS="+strconv.Itoa(n))
 	}
+	env = append(env, gotune.Env())
 	var proc *procRunner
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  pluginkit.Handshake,
