@@ -106,6 +106,8 @@ type settings struct {
 	DebugUID, DebugGID int
 	// PluginProcs, when set, is [plugin_host] plugin_procs.
 	PluginProcs int
+	// ParkSysmon sets [plugin_host] sysmon_awake = false.
+	ParkSysmon bool
 	// Extra is TOML appended after the tables the layout writes.
 	Extra string
 }
@@ -134,16 +136,20 @@ oom_score = %d
   call_wait_timeout = "30s"
   restart_backoff_max = "2s"%s%s
 %s`, l.Root, l.State, s.OOMScore, l.Socket, s.GRPCUID, s.GRPCGID,
-		l.DebugSocket, s.DebugUID, s.DebugGID, l.MetricsAddr, routerLine(), procsLine(s.PluginProcs), s.Extra)
+		l.DebugSocket, s.DebugUID, s.DebugGID, l.MetricsAddr, routerLine(), procsLine(s.PluginProcs, s.ParkSysmon), s.Extra)
 }
 
-// procsLine is the [plugin_host] line setting plugin_procs to n, if n is
-// set.
-func procsLine(n int) string {
-	if n == 0 {
-		return ""
+// procsLine is the [plugin_host] lines setting plugin_procs to n, if n is
+// set, and sysmon_awake to false if park.
+func procsLine(n int, park bool) string {
+	var s string
+	if n != 0 {
+		s = fmt.Sprintf("\n  plugin_procs = %d", n)
 	}
-	return fmt.Sprintf("\n  plugin_procs = %d", n)
+	if park {
+		s += "\n  sysmon_awake = false"
+	}
+	return s
 }
 
 // EnvRouter, when set, picks the daemons' router ("grpc" or "h2") for the

@@ -152,22 +152,15 @@ func TestMetrics(t *testing.T) {
 	if v := metricValue(t, families, "go_sched_gomaxprocs_threads", boltID); v != want {
 		t.Errorf("go_sched_gomaxprocs_threads{plugin=%q} = %v, want %v", boltID, v, want)
 	}
+	// By default every process keeps the runtime's monitor thread out of
+	// deep sleep (package gotune).
+	checkSysmonAwake(t, d, true)
 }
 
-// TestPluginProcs: [plugin_host] plugin_procs sets every plugin's
-// GOMAXPROCS, and the supervisor keeps its own.
-func TestPluginProcs(t *testing.T) {
-	testkit.RequiresRoot(t)
-	d := startDaemon(t, settings{PluginProcs: 3})
-	d.runningPlugin(t, boltID)
-	families := scrape(t, d.MetricsAddr)
-	for id := range d.plugins(t) {
-		if v := metricValue(t, families, "go_sched_gomaxprocs_threads", id); v != 3 {
-			t.Errorf("go_sched_gomaxprocs_threads{plugin=%q} = %v, want 3", id, v)
-		}
-	}
-	// Every process keeps the runtime's monitor thread out of deep sleep
-	// (package gotune).
+// checkSysmonAwake checks that the daemon's processes run with the GODEBUG
+// that keeps the runtime monitor awake, or without it.
+func checkSysmonAwake(t *testing.T, d *daemon, awake bool) {
+	t.Helper()
 	pids := []int{d.Pid}
 	for _, p := range d.plugins(t) {
 		pids = append(pids, p.Pid)
@@ -177,8 +170,25 @@ func TestPluginProcs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !slices.Contains(strings.Split(string(env), "\x00"), "GODEBUG=schedtrace=2147483647") {
-			t.Errorf("process %d runs without GODEBUG=schedtrace=2147483647", pid)
+		has := slices.Contains(strings.Split(string(env), "\x00"), "GODEBUG=schedtrace=2147483647")
+		if has != awake {
+			t.Errorf("process %d: GODEBUG=schedtrace=2147483647 in its environment is %v, want %v", pid, has, awake)
+		}
+	}
+}
+
+// TestPluginProcs: [plugin_host] plugin_procs sets every plugin's
+// GOMAXPROCS, and the supervisor keeps its own; sysmon_awake = false leaves
+// the runtime monitor's GODEBUG alone.
+func TestPluginProcs(t *testing.T) {
+	testkit.RequiresRoot(t)
+	d := startDaemon(t, settings{PluginProcs: 3, ParkSysmon: true})
+	d.runningPlugin(t, boltID)
+	checkSysmonAwake(t, d, false)
+	families := scrape(t, d.MetricsAddr)
+	for id := range d.plugins(t) {
+		if v := metricValue(t, families, "go_sched_gomaxprocs_threads", id); v != 3 {
+			t.Errorf("go_sched_gomaxprocs_threads{plugin=%q} = %v, want 3", id, v)
 		}
 	}
 	for _, m := range families["go_sched_gomaxprocs_threads"].GetMetric() {

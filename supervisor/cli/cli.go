@@ -108,8 +108,10 @@ func serve(c *cli.Context, plugins []pluginkit.Plugin) error {
 	if err != nil {
 		return fmt.Errorf("find own executable: %w", err)
 	}
-	if err := gotune.Reexec(exe); err != nil {
-		log.Warn().Err(err).Msg("running without the Go runtime settings of package gotune")
+	if cfg.PluginHost.SysmonAwake {
+		if err := gotune.Reexec(exe); err != nil {
+			log.Warn().Err(err).Msg("running with the runtime monitor parking when idle")
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -133,6 +133,10 @@ type PluginHostConfig struct {
 	// threads run its Go code at once. 0 picks one per four CPUs, at least
 	// one.
 	PluginProcs int `toml:"plugin_procs"`
+	// SysmonAwake keeps the Go runtime's monitor thread of every process
+	// polling instead of parking when the process idles (package gotune):
+	// less CPU per call, a little CPU when idle.
+	SysmonAwake bool `toml:"sysmon_awake"`
 }
 
 // PluginConfig is the configuration of one plugin.
@@ -191,6 +195,7 @@ func Default(plugins []pluginkit.Plugin) *Config {
 			CallWaitTimeout:   Duration(DefaultCallWaitTimeout),
 			RestartBackoffMax: Duration(DefaultRestartBackoff),
 			Router:            DefaultRouter,
+			SysmonAwake:       true,
 		},
 		Plugins: make(map[string]PluginConfig, len(plugins)),
 	}

@@ -141,6 +141,9 @@ func TestDefaultValues(t *testing.T) {
 		t.Errorf("PluginProcs() with plugin_procs = 5 is %d", n)
 	}
 	c.PluginHost.PluginProcs = 0
+	if !c.PluginHost.SysmonAwake {
+		t.Error("Default() parks the runtime monitor when idle")
+	}
 	path, section := c.PluginSection("bolt")
 	if path != "" || section != boltDefaults {
 		t.Errorf("PluginSection(bolt) = %q, %q; want \"\", %q", path, section, boltDefaults)

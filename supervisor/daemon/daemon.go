@@ -195,6 +195,7 @@ func (d *daemon) serve(ctx context.Context) error {
 		WaitTimeout:     c.CallWaitTimeout(),
 		BackoffMax:      c.RestartBackoffMax(),
 		Procs:           c.PluginProcs(),
+		SysmonAwake:     c.PluginHost.SysmonAwake,
 		Log:             d.log,
 	})
 	exchange := events.NewExchange(d.log)

@@ -45,6 +45,8 @@ type Options struct {
 	// Procs is the GOMAXPROCS of each plugin process; 0 leaves it to the
 	// Go runtime.
 	Procs int
+	// SysmonAwake starts plugins with the GODEBUG of gotune.Env.
+	SysmonAwake bool
 	// StartTimeout bounds one start of a plugin process.
 	StartTimeout time.Duration
 	// Log is the supervisor's logger.

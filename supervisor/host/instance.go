@@ -151,7 +151,9 @@ func (in *Instance) start() error {
 	if n := in.h.opts.Procs; n > 0 {
 		env = append(env, "GOMAXPROCS="+strconv.Itoa(n))
 	}
-	env = append(env, gotune.Env())
+	if in.h.opts.SysmonAwake {
+		env = append(env, gotune.Env())
+	}
 	var proc *procRunner
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  pluginkit.Handshake,
