@@ -276,6 +276,25 @@ func (s *ContentStore) StartIngest(ctx context.Context, ns, ref, expected, lease
 	})
 }
 
+// IngestsExpected returns the digest each ingest of namespace ns expects,
+// by ref, as its writer named it; an ingest that expects none is left out.
+func (s *ContentStore) IngestsExpected(ctx context.Context, ns string) (map[string]string, error) {
+	expected := make(map[string]string)
+	err := s.db.bdb.View(func(tx *bolt.Tx) error {
+		b := bucket(tx, keyNamespaces, []byte(ns), keyContent, keyIngests)
+		if b == nil {
+			return nil
+		}
+		return b.ForEachBucket(func(ref []byte) error {
+			if v := b.Bucket(ref).Get(keyExpected); len(v) > 0 {
+				expected[string(ref)] = string(v)
+			}
+			return nil
+		})
+	})
+	return expected, err
+}
+
 func putIngest(b *bolt.Bucket, expected, lease string, expireAt time.Time) error {
 	for k, v := range map[string]string{
 		string(keyExpected): expected,

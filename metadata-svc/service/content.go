@@ -206,6 +206,11 @@ func (s *Content) Status(
 	}
 	if st := resp.GetStatus(); st != nil {
 		st.Ref = strings.TrimPrefix(st.GetRef(), ns+"/")
+		expected, err := s.Store.IngestsExpected(ctx, ns)
+		if err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		st.Expected = expected[st.Ref]
 	}
 	return resp, nil
 }
@@ -241,13 +246,17 @@ func (s *Content) statuses(
 	if err != nil {
 		return nil, errgrpc.ToNative(err)
 	}
+	expected, err := s.Store.IngestsExpected(ctx, ns)
+	if err != nil {
+		return nil, err
+	}
 	var list []*contentapi.Status
 	for _, st := range resp.GetStatuses() {
 		ref, ok := strings.CutPrefix(st.GetRef(), ns+"/")
 		if !ok {
 			continue
 		}
-		st.Ref = ref
+		st.Ref, st.Expected = ref, expected[ref]
 		if filter.Match(statusAdaptor(st)) {
 			list = append(list, st)
 		}

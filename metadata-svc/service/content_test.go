@@ -155,12 +155,19 @@ func (w write) run(
 // ingestPart writes data under ref and leaves the ingest unfinished.
 func ingestPart(t *testing.T, ctx context.Context, c contentapi.ContentClient, ref string, data []byte) {
 	t.Helper()
+	ingestPartExpecting(t, ctx, c, ref, data, "")
+}
+
+// ingestPartExpecting is ingestPart with the writer naming the digest it
+// expects.
+func ingestPartExpecting(t *testing.T, ctx context.Context, c contentapi.ContentClient, ref string, data []byte, expected string) {
+	t.Helper()
 	stream, err := c.Write(ctx)
 	if err != nil {
 		t.Fatalf("Write: %v", err)
 	}
 	reqs := []*contentapi.WriteContentRequest{
-		{Action: contentapi.WriteAction_STAT, Ref: ref, Total: 100},
+		{Action: contentapi.WriteAction_STAT, Ref: ref, Total: 100, Expected: expected},
 		{Action: contentapi.WriteAction_WRITE, Data: data},
 	}
 	for _, req := range reqs {
@@ -394,7 +401,8 @@ func TestContentStatuses(t *testing.T) {
 	env := newContentEnv(t, service.SharingShared)
 	ctxA, ctxB := inNamespace("a"), inNamespace("b")
 	ingestPart(t, ctxA, env.content, "r1", []byte("12345"))
-	ingestPart(t, ctxA, env.content, "r2", []byte("12"))
+	want := digest.FromString("the whole of r2").String()
+	ingestPartExpecting(t, ctxA, env.content, "r2", []byte("12"), want)
 	ingestPart(t, ctxB, env.content, "r3", []byte("123"))
 
 	refs := func(filters ...string) []string {
@@ -414,6 +422,14 @@ func TestContentStatuses(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"r1"}, refs("ref==r1")); diff != "" {
 		t.Errorf("ListStatuses(ref==r1) (-want +got):\n%s", diff)
+	}
+	// The digest a writer expects shows.
+	list, err := env.content.ListStatuses(ctxA, &contentapi.ListStatusesRequest{Filters: []string{"ref==r2"}})
+	if err != nil || len(list.GetStatuses()) != 1 || list.GetStatuses()[0].GetExpected() != want {
+		t.Errorf("ListStatuses(ref==r2) = %v, %v; want r2 expecting %s", list.GetStatuses(), err, want)
+	}
+	if st, err := env.content.Status(ctxA, &contentapi.StatusRequest{Ref: "r2"}); err != nil || st.GetStatus().GetExpected() != want {
+		t.Errorf("Status(r2) = %v, %v; want expected %s", st.GetStatus(), err, want)
 	}
 
 	st, err := env.content.Status(ctxA, &contentapi.StatusRequest{Ref: "r1"})
