@@ -60,6 +60,8 @@ type ContentBackend interface {
 	// AbortIngest aborts the ingest of the raw (namespace-prefixed) ref;
 	// one already gone is not an error.
 	AbortIngest(ctx context.Context, ref string) error
+	// Ingests returns the raw ref of every ingest in the store.
+	Ingests(ctx context.Context) ([]string, error)
 }
 
 // SnapshotRef names a snapshot as a namespace sees it.
@@ -226,6 +228,7 @@ func (g *GC) Run(ctx context.Context) error {
 	errs := []error{
 		g.deleteBlobs(ctx, res.held),
 		g.abortIngests(ctx, res.aborted),
+		g.abortOrphanIngests(ctx),
 		g.snapshots.Collect(ctx, res.snapshots),
 	}
 	g.log.Debug().Int("blobs", len(res.deleted)).Int("ingests", len(res.aborted)).
@@ -274,6 +277,36 @@ func (g *GC) abortIngests(ctx context.Context, refs []string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// abortOrphanIngests aborts the content plugin's ingests that no record
+// names, such as one whose abort failed in an earlier collection. The
+// ingests are listed before the records are read: a writer records its
+// ingest before the content plugin starts it, and forgets the record only
+// after the content plugin committed or aborted it (under [GC.Hold]), so a
+// listed ingest without a record has none for good.
+func (g *GC) abortOrphanIngests(ctx context.Context) error {
+	refs, err := g.content.Ingests(ctx)
+	if err != nil {
+		return fmt.Errorf("list ingests for collection: %w", err)
+	}
+	var orphans []string
+	err = g.db.bdb.View(func(tx *bolt.Tx) error {
+		for _, raw := range refs {
+			ns, ref, ok := strings.Cut(raw, "/")
+			if ok && bucket(tx, keyNamespaces, []byte(ns), keyContent, keyIngests, []byte(ref)) == nil {
+				orphans = append(orphans, raw)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read ingest records: %w", err)
+	}
+	for _, ref := range orphans {
+		g.log.Debug().Str("ref", ref).Msg("aborting an ingest no record names")
+	}
+	return g.abortIngests(ctx, orphans)
 }
 
 // Schedule asks for a collection soon: after the GC's delay, folding in

@@ -28,6 +28,7 @@ import (
 type fakeBlobs struct {
 	mu      sync.Mutex
 	blobs   map[digest.Digest]bool
+	ingests map[string]bool // raw refs
 	deleted []string
 	aborted []string
 }
@@ -65,7 +66,18 @@ func (f *fakeBlobs) AbortIngest(_ context.Context, ref string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.aborted = append(f.aborted, ref)
+	delete(f.ingests, ref)
 	return nil
+}
+
+func (f *fakeBlobs) Ingests(context.Context) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var refs []string
+	for ref := range f.ingests {
+		refs = append(refs, ref)
+	}
+	return refs, nil
 }
 
 func (f *fakeBlobs) taken() (deleted, aborted []string) {
@@ -572,5 +584,30 @@ func TestEarliest(t *testing.T) {
 		if got := earliest(tt.a, tt.b); !got.Equal(tt.want) {
 			t.Errorf("earliest(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.want)
 		}
+	}
+}
+
+// TestGCAbortsOrphanIngests: an ingest of the content plugin that no record
+// names is aborted; one with a record, and one outside any namespace, stay.
+func TestGCAbortsOrphanIngests(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t)
+	blobs := newFakeBlobs()
+	blobs.ingests = map[string]bool{"a/live": true, "a/orphan": true, "b/gone": true, "bare": true}
+	if err := db.Content().StartIngest(ctx, "a", "live", "", ""); err != nil {
+		t.Fatalf("StartIngest: %v", err)
+	}
+	if err := NewGC(db, blobs).Run(ctx); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	_, aborted := blobs.taken()
+	sort.Strings(aborted)
+	if !slices.Equal(aborted, []string{"a/orphan", "b/gone"}) {
+		t.Errorf("aborted %v, want [a/orphan b/gone]", aborted)
+	}
+	left, _ := blobs.Ingests(ctx)
+	sort.Strings(left)
+	if !slices.Equal(left, []string{"a/live", "bare"}) {
+		t.Errorf("ingests left %v, want [a/live bare]", left)
 	}
 }

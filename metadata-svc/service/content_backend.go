@@ -41,6 +41,19 @@ func (b *BlobBackend) Blobs(ctx context.Context) ([]digest.Digest, error) {
 	}
 }
 
+// Ingests implements metadata.ContentBackend.
+func (b *BlobBackend) Ingests(ctx context.Context) ([]string, error) {
+	resp, err := b.c.ListStatuses(ctx, &contentapi.ListStatusesRequest{})
+	if err != nil {
+		return nil, errgrpc.ToNative(err)
+	}
+	refs := make([]string, 0, len(resp.GetStatuses()))
+	for _, st := range resp.GetStatuses() {
+		refs = append(refs, st.GetRef())
+	}
+	return refs, nil
+}
+
 // DeleteBlob implements metadata.ContentBackend.
 func (b *BlobBackend) DeleteBlob(ctx context.Context, d digest.Digest) error {
 	_, err := b.c.Delete(ctx, &contentapi.DeleteContentRequest{Digest: d.String()})
