@@ -170,7 +170,12 @@ func checkSysmonAwake(t *testing.T, d *daemon, awake bool) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		has := slices.Contains(strings.Split(string(env), "\x00"), "GODEBUG=schedtrace=2147483647")
+		var has bool
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+				has = slices.Contains(strings.Split(v, ","), "schedtrace=2147483647")
+			}
+		}
 		if has != awake {
 			t.Errorf("process %d: GODEBUG=schedtrace=2147483647 in its environment is %v, want %v", pid, has, awake)
 		}

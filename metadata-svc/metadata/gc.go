@@ -60,8 +60,14 @@ type ContentBackend interface {
 	// AbortIngest aborts the ingest of the raw (namespace-prefixed) ref;
 	// one already gone is not an error.
 	AbortIngest(ctx context.Context, ref string) error
-	// Ingests returns the raw ref of every ingest in the store.
-	Ingests(ctx context.Context) ([]string, error)
+	// Ingests returns every ingest in the store.
+	Ingests(ctx context.Context) ([]RawIngest, error)
+}
+
+// RawIngest is an ingest of the content plugin.
+type RawIngest struct {
+	Ref       string    // "<namespace>/<ref>"
+	UpdatedAt time.Time // of its last write
 }
 
 // SnapshotRef names a snapshot as a namespace sees it.
@@ -280,22 +286,24 @@ func (g *GC) abortIngests(ctx context.Context, refs []string) error {
 }
 
 // abortOrphanIngests aborts the content plugin's ingests that no record
-// names, such as one whose abort failed in an earlier collection. The
-// ingests are listed before the records are read: a writer records its
-// ingest before the content plugin starts it, and forgets the record only
-// after the content plugin committed or aborted it (under [GC.Hold]), so a
-// listed ingest without a record has none for good.
+// names and nobody wrote to for [IngestTTL], such as one whose abort failed
+// in an earlier collection. A recent one may still have a writer: two
+// writers of one ref share one record, which the first commit forgets. An
+// ingest a writer holds is skipped (the content plugin answers Unavailable),
+// and the next collection looks again.
 func (g *GC) abortOrphanIngests(ctx context.Context) error {
-	refs, err := g.content.Ingests(ctx)
+	ingests, err := g.content.Ingests(ctx)
 	if err != nil {
 		return fmt.Errorf("list ingests for collection: %w", err)
 	}
+	idleSince := g.db.now().Add(-IngestTTL)
 	var orphans []string
 	err = g.db.bdb.View(func(tx *bolt.Tx) error {
-		for _, raw := range refs {
-			ns, ref, ok := strings.Cut(raw, "/")
-			if ok && bucket(tx, keyNamespaces, []byte(ns), keyContent, keyIngests, []byte(ref)) == nil {
-				orphans = append(orphans, raw)
+		for _, in := range ingests {
+			ns, ref, ok := strings.Cut(in.Ref, "/")
+			if ok && in.UpdatedAt.Before(idleSince) &&
+				bucket(tx, keyNamespaces, []byte(ns), keyContent, keyIngests, []byte(ref)) == nil {
+				orphans = append(orphans, in.Ref)
 			}
 		}
 		return nil
@@ -303,10 +311,17 @@ func (g *GC) abortOrphanIngests(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read ingest records: %w", err)
 	}
+	var errs []error
 	for _, ref := range orphans {
-		g.log.Debug().Str("ref", ref).Msg("aborting an ingest no record names")
+		err := g.content.AbortIngest(ctx, ref)
+		switch {
+		case err == nil:
+			g.log.Debug().Str("ref", ref).Msg("aborted an ingest no record names")
+		case !errdefs.IsNotFound(err) && !errdefs.IsUnavailable(err):
+			errs = append(errs, fmt.Errorf("abort ingest %q: %w", ref, err))
+		}
 	}
-	return g.abortIngests(ctx, orphans)
+	return errors.Join(errs...)
 }
 
 // Schedule asks for a collection soon: after the GC's delay, folding in

@@ -2,6 +2,7 @@ package metadata
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -28,9 +29,14 @@ import (
 type fakeBlobs struct {
 	mu      sync.Mutex
 	blobs   map[digest.Digest]bool
-	ingests map[string]bool // raw refs
+	ingests map[string]fakeIngest // by raw ref
 	deleted []string
 	aborted []string
+}
+
+type fakeIngest struct {
+	updated time.Time
+	locked  bool // a writer holds it: Abort answers Unavailable
 }
 
 func newFakeBlobs(cs ...string) *fakeBlobs {
@@ -65,19 +71,22 @@ func (f *fakeBlobs) DeleteBlob(_ context.Context, d digest.Digest) error {
 func (f *fakeBlobs) AbortIngest(_ context.Context, ref string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.ingests[ref].locked {
+		return fmt.Errorf("ref %s locked: %w", ref, errdefs.ErrUnavailable)
+	}
 	f.aborted = append(f.aborted, ref)
 	delete(f.ingests, ref)
 	return nil
 }
 
-func (f *fakeBlobs) Ingests(context.Context) ([]string, error) {
+func (f *fakeBlobs) Ingests(context.Context) ([]RawIngest, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var refs []string
-	for ref := range f.ingests {
-		refs = append(refs, ref)
+	var all []RawIngest
+	for ref, in := range f.ingests {
+		all = append(all, RawIngest{Ref: ref, UpdatedAt: in.updated})
 	}
-	return refs, nil
+	return all, nil
 }
 
 func (f *fakeBlobs) taken() (deleted, aborted []string) {
@@ -588,12 +597,22 @@ func TestEarliest(t *testing.T) {
 }
 
 // TestGCAbortsOrphanIngests: an ingest of the content plugin that no record
-// names is aborted; one with a record, and one outside any namespace, stay.
+// names and nobody wrote to for IngestTTL is aborted; one with a record, a
+// recent one, one a writer holds and one outside any namespace stay, and
+// the collection succeeds.
 func TestGCAbortsOrphanIngests(t *testing.T) {
 	ctx := context.Background()
 	db := openTestDB(t)
 	blobs := newFakeBlobs()
-	blobs.ingests = map[string]bool{"a/live": true, "a/orphan": true, "b/gone": true, "bare": true}
+	old := time.Now().Add(-IngestTTL - time.Hour)
+	blobs.ingests = map[string]fakeIngest{
+		"a/live":   {updated: old},
+		"a/orphan": {updated: old},
+		"b/gone":   {updated: old},
+		"b/recent": {updated: time.Now()},
+		"b/held":   {updated: old, locked: true},
+		"bare":     {updated: old},
+	}
 	if err := db.Content().StartIngest(ctx, "a", "live", "", ""); err != nil {
 		t.Fatalf("StartIngest: %v", err)
 	}
@@ -605,9 +624,12 @@ func TestGCAbortsOrphanIngests(t *testing.T) {
 	if !slices.Equal(aborted, []string{"a/orphan", "b/gone"}) {
 		t.Errorf("aborted %v, want [a/orphan b/gone]", aborted)
 	}
-	left, _ := blobs.Ingests(ctx)
+	var left []string
+	for ref := range blobs.ingests {
+		left = append(left, ref)
+	}
 	sort.Strings(left)
-	if !slices.Equal(left, []string{"a/live", "bare"}) {
-		t.Errorf("ingests left %v, want [a/live bare]", left)
+	if want := []string{"a/live", "b/held", "b/recent", "bare"}; !slices.Equal(left, want) {
+		t.Errorf("ingests left %v, want %v", left, want)
 	}
 }

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -42,16 +43,20 @@ func (b *BlobBackend) Blobs(ctx context.Context) ([]digest.Digest, error) {
 }
 
 // Ingests implements metadata.ContentBackend.
-func (b *BlobBackend) Ingests(ctx context.Context) ([]string, error) {
+func (b *BlobBackend) Ingests(ctx context.Context) ([]metadata.RawIngest, error) {
 	resp, err := b.c.ListStatuses(ctx, &contentapi.ListStatusesRequest{})
 	if err != nil {
 		return nil, errgrpc.ToNative(err)
 	}
-	refs := make([]string, 0, len(resp.GetStatuses()))
+	all := make([]metadata.RawIngest, 0, len(resp.GetStatuses()))
 	for _, st := range resp.GetStatuses() {
-		refs = append(refs, st.GetRef())
+		updated := time.Now() // without a time, as if written just now
+		if t := st.GetUpdatedAt(); t != nil {
+			updated = t.AsTime()
+		}
+		all = append(all, metadata.RawIngest{Ref: st.GetRef(), UpdatedAt: updated})
 	}
-	return refs, nil
+	return all, nil
 }
 
 // DeleteBlob implements metadata.ContentBackend.

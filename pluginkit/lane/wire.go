@@ -137,6 +137,12 @@ func appendMD(b []byte, md []Field) []byte {
 	return b
 }
 
+// CallFrameLen returns the value of the length field of c's call frame,
+// which a Reader refuses above MaxFrame.
+func CallFrameLen(c *Call) int {
+	return HeaderLen - 4 + 2 + len(c.Method) + 8 + mdLen(c.MD) + len(c.Msg)
+}
+
 // AppendCall appends a call frame to b. Metadata beyond 65,535 pairs or
 // with keys over 65,535 bytes cannot be encoded; callers keep within HTTP/2
 // header limits, which are far smaller.

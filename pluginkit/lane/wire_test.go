@@ -2,6 +2,7 @@ package lane_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"slices"
@@ -177,6 +178,16 @@ func TestStreamFramesRoundTrip(t *testing.T) {
 		}
 		if diff := cmp.Diff(want, got, equateEmpty); diff != "" {
 			t.Errorf("header (-want +got):\n%s", diff)
+		}
+	}
+}
+
+// TestCallFrameLen: CallFrameLen is the length field AppendCall writes.
+func TestCallFrameLen(t *testing.T) {
+	for name, c := range testCalls() {
+		frame := lane.AppendCall(nil, 1, c)
+		if got, want := lane.CallFrameLen(c), int(binary.BigEndian.Uint32(frame)); got != want {
+			t.Errorf("%s: CallFrameLen = %d, the frame says %d", name, got, want)
 		}
 	}
 }

@@ -98,20 +98,28 @@ func loadConfig(c *cli.Context, plugins []pluginkit.Plugin, log *zerolog.Logger)
 }
 
 func serve(c *cli.Context, plugins []pluginkit.Plugin) error {
-	log := newLogger(os.Stderr, "info", "text")
-	cfg, err := loadConfig(c, plugins, &log)
-	if err != nil {
-		return err
-	}
-	log = newLogger(os.Stderr, cfg.Debug.Level, cfg.Debug.Format)
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own executable: %w", err)
 	}
+	// The settings of package gotune apply from the process's start: the
+	// configuration is read quietly first, and again with its warnings by
+	// the process that serves.
+	cfg, err := loadConfig(c, plugins, nil)
+	if err != nil {
+		return err
+	}
+	var reexecErr error
 	if cfg.PluginHost.SysmonAwake {
-		if err := gotune.Reexec(exe); err != nil {
-			log.Warn().Err(err).Msg("running with the runtime monitor parking when idle")
-		}
+		reexecErr = gotune.Reexec(exe)
+	}
+	log := newLogger(os.Stderr, "info", "text")
+	if cfg, err = loadConfig(c, plugins, &log); err != nil {
+		return err
+	}
+	log = newLogger(os.Stderr, cfg.Debug.Level, cfg.Debug.Format)
+	if reexecErr != nil {
+		log.Warn().Err(reexecErr).Msg("running with the runtime monitor parking when idle")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

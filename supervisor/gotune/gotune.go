@@ -9,12 +9,13 @@
 // CPUs, keeping sysmon out of the deep sleep took 22-27% off the
 // supervisor's and bolt's CPU per 32 KiB read and 8% off a `ctr content
 // get`. The runtime keeps sysmon awake while a scheduler trace is due, so a
-// trace period of 24 days does it (one trace line per process every 24
-// days, on stderr, and a scheduler dump with a fatal panic's stack); an
-// idle process then pays sysmon's 10 ms polling, about 100 wake-ups a
-// second: on the same machine the idle daemon (three processes) used 0.7%
-// of one CPU against none. `[plugin_host] sysmon_awake = false` turns it
-// off.
+// trace period of 24 days does it. The traces cost little: a "SCHED" line
+// on stderr every 24 days per process, and at its start when the host has
+// been up longer than that (the runtime counts from boot), and a scheduler
+// dump after a fatal panic's stack. An idle process pays sysmon's 10 ms
+// polling, about 100 wake-ups a second: on the same machine the idle
+// daemon (three processes) used 0.7% of one CPU against none.
+// `[plugin_host] sysmon_awake = false` turns it off.
 package gotune
 
 import (

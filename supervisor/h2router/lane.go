@@ -236,11 +236,7 @@ func checkLaneRequest(c *lane.Call, scan *msgScanner) (codes.Code, string) {
 	case c.Msg[0] != 0:
 		return codes.Internal, "grpc: compressed flag set with identity or empty encoding"
 	}
-	n := lane.HeaderLen + len(c.Method) + len(c.Msg)
-	for _, f := range c.MD {
-		n += 6 + len(f.Name) + len(f.Value)
-	}
-	if n > lane.MaxFrame {
+	if n := lane.CallFrameLen(c); n > lane.MaxFrame {
 		return codes.ResourceExhausted, fmt.Sprintf("call of %d bytes is larger than a plugin takes (%d)", n, lane.MaxFrame)
 	}
 	return codes.OK, ""
