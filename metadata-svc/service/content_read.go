@@ -202,7 +202,7 @@ func (s *Content) fetchChunk(ctx context.Context, k chunkKey, size int64) ([]byt
 	if err != nil {
 		return nil, errgrpc.ToNative(err)
 	}
-	data := make([]byte, 0, n)
+	var data []byte
 	for {
 		resp, err := rc.Recv()
 		if err == io.EOF {
@@ -211,7 +211,14 @@ func (s *Content) fetchChunk(ctx context.Context, k chunkKey, size int64) ([]byt
 		if err != nil {
 			return nil, errgrpc.ToNative(err)
 		}
-		data = append(data, resp.GetData()...)
+		switch piece := resp.GetData(); {
+		case data == nil && int64(len(piece)) == n:
+			data = piece // the whole chunk in one message, as content-svc sends it
+		case data == nil:
+			data = append(make([]byte, 0, n), piece...)
+		default:
+			data = append(data, piece...)
+		}
 	}
 	if int64(len(data)) != n {
 		return nil, fmt.Errorf("read chunk %d of %s: got %d bytes, want %d: %w", k.index, k.digest, len(data), n, errdefs.ErrDataLoss)
