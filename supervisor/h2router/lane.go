@@ -19,9 +19,10 @@ import (
 )
 
 // laneConn is the router's lane connection to one plugin process (see
-// package lane): each unary call goes on it as one frame and comes back as
-// one, with none of HTTP/2's per-stream work on the plugin's side. Every
-// unary call to that process shares it.
+// package lane): a unary or server-streaming call goes on it as one frame
+// and comes back as a reply frame, after message frames for a stream, with
+// none of HTTP/2's per-stream work on the plugin's side. Every such call to
+// that process shares it.
 type laneConn struct {
 	r   *Router
 	key string
