@@ -12,6 +12,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"corral.dev/pluginkit/testkit"
 )
 
 // readLog records the Read calls content-svc serves.
@@ -111,7 +113,7 @@ func TestContentReadAhead(t *testing.T) {
 	for off := int64(0); off < int64(len(data)); off += piece {
 		if off == mib {
 			// The reads so far reached the second half of chunk 0.
-			waitUntil(t, "chunk 1 read ahead", func() bool {
+			testkit.WaitFor(t, "chunk 1 read ahead", func() bool {
 				return slices.Equal(env.rawLog.offsets(), []int64{0, mib})
 			})
 		}
@@ -181,23 +183,12 @@ func TestContentReadAfterFailedReadAhead(t *testing.T) {
 	env.rawLog.mu.Unlock()
 
 	readAt(t, env, ctx, d, mib-4096, 4096) // starts reading chunk 1 ahead
-	waitUntil(t, "chunk 1 read ahead", func() bool { return slices.Contains(env.rawLog.offsets(), mib) })
+	testkit.WaitFor(t, "chunk 1 read ahead", func() bool { return slices.Contains(env.rawLog.offsets(), mib) })
 	got := make(chan []byte)
 	go func() { got <- readAt(t, env, ctx, d, mib, 4096) }()
 	time.Sleep(100 * time.Millisecond) // the read joins the fetch under way
 	close(release)
 	if b := <-got; !bytes.Equal(b, data[mib:mib+4096]) {
 		t.Errorf("read after a failed read-ahead: %d bytes, not the ones written there", len(b))
-	}
-}
-
-// waitUntil polls cond for up to 10 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"corral.dev/pluginkit/lane"
+	"corral.dev/pluginkit/testkit"
 )
 
 const (
@@ -140,18 +141,6 @@ func (c *client) probe() {
 	c.call(probeID, getMethod, 0, nil, &api.GetNamespaceRequest{Name: "probe"})
 	if typ, id, _ := c.next(); typ != lane.TypeReply || id != probeID {
 		c.t.Fatalf("frame type %d for call %d came ahead of the probe's reply", typ, id)
-	}
-}
-
-// waitFor polls cond until it holds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -405,13 +394,13 @@ func TestStreamCredit(t *testing.T) {
 		t.Fatalf("%d bytes came, %d before the last message: the credit was spent earlier",
 			s.bytes, before)
 	}
-	waitFor(t, "the handler sends again", func() bool { return attempts.Load() == int32(k+1) })
+	testkit.WaitFor(t, "the handler sends again", func() bool { return attempts.Load() == int32(k+1) })
 	c.probe()
 
 	// A grant that brings the credit to one byte lets one message go.
 	c.write(lane.AppendCredit(nil, 1, uint32(s.bytes-lane.InitialCredit+1)))
 	c.take(1, s, func(s *streamed) bool { return len(s.msgs) == k+1 })
-	waitFor(t, "the handler sends again", func() bool { return attempts.Load() == int32(k+2) })
+	testkit.WaitFor(t, "the handler sends again", func() bool { return attempts.Load() == int32(k+2) })
 	c.probe()
 
 	// Grants past the cap neither overflow the credit nor stop the stream.

@@ -15,6 +15,8 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/protobuf/proto"
+
+	"corral.dev/pluginkit/testkit"
 )
 
 // frameWriter builds client byte sequences for the fuzz seeds.
@@ -166,7 +168,7 @@ func fuzzClientFrames(f *testing.F) {
 		time.Sleep(time.Millisecond)
 		ours.Close()
 
-		waitFor(t, "the router to drop the connection", func() bool {
+		testkit.WaitFor(t, "the router to drop the connection", func() bool {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			return len(r.conns) == 1

@@ -330,18 +330,6 @@ func (r *Router) openStreams() int {
 	return n
 }
 
-// waitFor polls cond for up to five seconds.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func (f *fakeBackends) TryAcquireAddr(service, target string) (net.Addr, func(), bool) {
 	addr, release, err := f.AcquireAddr(context.Background(), service, target)
 	return addr, release, err == nil

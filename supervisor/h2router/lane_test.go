@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"corral.dev/pluginkit/lane"
+	"corral.dev/pluginkit/testkit"
 )
 
 // TestOverLanes runs the tests of unary behaviour again with backends that
@@ -120,7 +121,7 @@ func testLaneCancel(t *testing.T) {
 		_, err := namespacesapi.NewNamespacesClient(conn).Get(ctx, &namespacesapi.GetNamespaceRequest{Name: "a"})
 		errc <- err
 	}()
-	waitFor(t, "the plugin to take the call", func() bool { return ns.calls.Load() == 1 })
+	testkit.WaitFor(t, "the plugin to take the call", func() bool { return ns.calls.Load() == 1 })
 	cancel()
 	if err := <-errc; status.Code(err) != codes.Canceled {
 		t.Errorf("cancelled Get = %v, want Canceled", err)
@@ -130,7 +131,7 @@ func testLaneCancel(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the plugin's handler never saw the cancellation")
 	}
-	waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
+	testkit.WaitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
 }
 
 // testLaneLeavesCompressedCalls: a client that compresses its messages is
@@ -187,7 +188,7 @@ func testLaneRedirect(t *testing.T) {
 	if n != size || rawContent.sent.Load() != size {
 		t.Errorf("client got %d bytes, the raw plugin sent %d; want %d", n, rawContent.sent.Load(), size)
 	}
-	waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
+	testkit.WaitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
 }
 
 // testLaneBadRequestsFailAlone sends requests a lane frame cannot carry (no
@@ -258,7 +259,7 @@ func testLaneRedirectFails(t *testing.T) {
 		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.says) {
 			t.Errorf("Read handed over to %s = %v, want %v saying %q", tc.target, err, tc.code, tc.says)
 		}
-		waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
+		testkit.WaitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
 	}
 }
 
@@ -301,7 +302,7 @@ func testLanePluginIgnoresCredit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the router to end the call", func() bool { return r.openStreams() == 0 })
+	testkit.WaitFor(t, "the router to end the call", func() bool { return r.openStreams() == 0 })
 	for {
 		if _, err = rs.Recv(); err != nil {
 			break

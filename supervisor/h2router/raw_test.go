@@ -19,6 +19,8 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
+
+	"corral.dev/pluginkit/testkit"
 )
 
 // rawOutcome is what a raw client saw: the grpc-status of stream 1 and the
@@ -228,7 +230,7 @@ func TestClientThatNeverReads(t *testing.T) {
 	}
 
 	var before int64
-	waitFor(t, "the plugin to stall", func() bool {
+	testkit.WaitFor(t, "the plugin to stall", func() bool {
 		time.Sleep(200 * time.Millisecond)
 		now := cs.sent.Load()
 		stalled := now == before && now > 0

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"corral.dev/pluginkit"
+	"corral.dev/pluginkit/testkit"
 )
 
 func newPair(t *testing.T) (*fakeBackends, *backend) {
@@ -86,7 +87,7 @@ func TestWaitingBackends(t *testing.T) {
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("unknown service = %v, want Unimplemented", err)
 	}
-	waitFor(t, "streams to close", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
+	testkit.WaitFor(t, "streams to close", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
 }
 
 func TestUnknownServiceIsUnimplemented(t *testing.T) {
@@ -184,7 +185,7 @@ func TestStreamsBothWays(t *testing.T) {
 	if _, err := ws.Recv(); !errors.Is(err, io.EOF) {
 		t.Errorf("Write end = %v, want EOF", err)
 	}
-	waitFor(t, "streams to close", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
+	testkit.WaitFor(t, "streams to close", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
 }
 
 // TestLargeMessages moves messages larger than a frame and than the default
@@ -310,7 +311,7 @@ func TestCancelMidStream(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("plugin's Read never saw the cancellation")
 	}
-	waitFor(t, "the router to forget the call", func() bool {
+	testkit.WaitFor(t, "the router to forget the call", func() bool {
 		return r.openStreams() == 0 && fb.held.Load() == 0
 	})
 }
@@ -352,7 +353,7 @@ func TestBackendKilledMidStream(t *testing.T) {
 			t.Fatalf("call to the healthy plugin = %v", err)
 		}
 	}
-	waitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 })
+	testkit.WaitFor(t, "the router to forget the call", func() bool { return r.openStreams() == 0 })
 }
 
 // TestReplaysCallWhosePluginDied kills the backend while it holds a call,
@@ -421,7 +422,7 @@ func TestSlowReaderIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	var before int64
-	waitFor(t, "the plugin to stall", func() bool {
+	testkit.WaitFor(t, "the plugin to stall", func() bool {
 		time.Sleep(200 * time.Millisecond)
 		now := cs.sent.Load()
 		stalled := now == before && now > 0
@@ -462,7 +463,7 @@ func TestManyStalledStreams(t *testing.T) {
 		}
 	}
 	var before int64
-	waitFor(t, "the plugin to stall", func() bool {
+	testkit.WaitFor(t, "the plugin to stall", func() bool {
 		time.Sleep(200 * time.Millisecond)
 		now := cs.sent.Load()
 		stalled := now == before && now > 0
@@ -521,7 +522,7 @@ func TestBackendGoAway(t *testing.T) {
 		_, err := client.Get(nsCtx(), &namespacesapi.GetNamespaceRequest{Name: "a"})
 		done <- err
 	}()
-	waitFor(t, "the call to reach the plugin", func() bool { return hanging.calls.Load() == 1 })
+	testkit.WaitFor(t, "the call to reach the plugin", func() bool { return hanging.calls.Load() == 1 })
 
 	next := &fakeNamespaces{}
 	fb.swap(nsService, startBackend(t, next, &fakeContent{}))
