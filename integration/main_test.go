@@ -108,6 +108,8 @@ type settings struct {
 	PluginProcs int
 	// ParkSysmon sets [plugin_host] sysmon_awake = false.
 	ParkSysmon bool
+	// CPUAffinity, when set, is [plugin_host] cpu_affinity.
+	CPUAffinity string
 	// Extra is TOML appended after the tables the layout writes.
 	Extra string
 }
@@ -136,20 +138,24 @@ oom_score = %d
   call_wait_timeout = "30s"
   restart_backoff_max = "2s"%s%s
 %s`, l.Root, l.State, s.OOMScore, l.Socket, s.GRPCUID, s.GRPCGID,
-		l.DebugSocket, s.DebugUID, s.DebugGID, l.MetricsAddr, routerLine(), procsLine(s.PluginProcs, s.ParkSysmon), s.Extra)
+		l.DebugSocket, s.DebugUID, s.DebugGID, l.MetricsAddr, routerLine(), s.pluginHostLines(), s.Extra)
 }
 
-// procsLine is the [plugin_host] lines setting plugin_procs to n, if n is
-// set, and sysmon_awake to false if park.
-func procsLine(n int, park bool) string {
-	var s string
-	if n != 0 {
-		s = fmt.Sprintf("\n  plugin_procs = %d", n)
+// pluginHostLines are the [plugin_host] lines of the settings s makes:
+// plugin_procs, sysmon_awake and cpu_affinity when they are not left to
+// their defaults.
+func (s settings) pluginHostLines() string {
+	var b strings.Builder
+	if s.PluginProcs != 0 {
+		fmt.Fprintf(&b, "\n  plugin_procs = %d", s.PluginProcs)
 	}
-	if park {
-		s += "\n  sysmon_awake = false"
+	if s.ParkSysmon {
+		b.WriteString("\n  sysmon_awake = false")
 	}
-	return s
+	if s.CPUAffinity != "" {
+		fmt.Fprintf(&b, "\n  cpu_affinity = %q", s.CPUAffinity)
+	}
+	return b.String()
 }
 
 // EnvRouter, when set, picks the daemons' router ("grpc" or "h2") for the

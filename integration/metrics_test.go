@@ -187,7 +187,9 @@ func checkSysmonAwake(t *testing.T, d *daemon, awake bool) {
 // the runtime monitor's GODEBUG alone.
 func TestPluginProcs(t *testing.T) {
 	testkit.RequiresRoot(t)
-	d := startDaemon(t, settings{PluginProcs: 3, ParkSysmon: true})
+	// On all CPUs the supervisor's runtime keeps the GOMAXPROCS it started
+	// with, which TestCPUAffinity checks under the other settings.
+	d := startDaemon(t, settings{PluginProcs: 3, ParkSysmon: true, CPUAffinity: "all"})
 	d.runningPlugin(t, boltID)
 	checkSysmonAwake(t, d, false)
 	families := scrape(t, d.MetricsAddr)

@@ -17,6 +17,7 @@ import (
 	"corral.dev/supervisor/config"
 	"corral.dev/supervisor/daemon"
 	"corral.dev/supervisor/gotune"
+	"corral.dev/supervisor/placement"
 	"corral.dev/supervisor/version"
 )
 
@@ -109,6 +110,12 @@ func serve(c *cli.Context, plugins []pluginkit.Plugin) error {
 	if err != nil {
 		return err
 	}
+	// The CPUs are picked before the re-exec, so that the new image's Go
+	// runtime sizes itself to them from its start; plugins inherit them.
+	host, cpus, err := placement.Place(cfg.PluginHost.CPUAffinity)
+	if err != nil {
+		return fmt.Errorf("plugin_host.cpu_affinity: %w", err)
+	}
 	var reexecErr error
 	if cfg.PluginHost.SysmonAwake {
 		reexecErr = gotune.Reexec(exe)
@@ -120,6 +127,10 @@ func serve(c *cli.Context, plugins []pluginkit.Plugin) error {
 	log = newLogger(os.Stderr, cfg.Debug.Level, cfg.Debug.Format)
 	if reexecErr != nil {
 		log.Warn().Err(reexecErr).Msg("running with the runtime monitor parking when idle")
+	}
+	if cpus != nil {
+		log.Info().Str("cpus", placement.FormatList(cpus)).Str("host_cpus", placement.FormatList(host)).
+			Msg("supervisor and plugins run on a share of the CPUs (plugin_host.cpu_affinity)")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

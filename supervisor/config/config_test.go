@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"corral.dev/pluginkit"
+	"corral.dev/supervisor/placement"
 )
 
 type boltConfig struct {
@@ -141,6 +142,13 @@ func TestDefaultValues(t *testing.T) {
 		t.Errorf("PluginProcs() with plugin_procs = 5 is %d", n)
 	}
 	c.PluginHost.PluginProcs = 0
+	t.Setenv(placement.EnvHostCPUs, "0-15")
+	if n := c.PluginProcs(); n != 4 {
+		t.Errorf("PluginProcs() of a daemon started on 16 CPUs is %d, want 4", n)
+	}
+	if c.PluginHost.CPUAffinity != placement.Auto {
+		t.Errorf("Default() cpu_affinity = %q, want %q", c.PluginHost.CPUAffinity, placement.Auto)
+	}
 	if !c.PluginHost.SysmonAwake {
 		t.Error("Default() parks the runtime monitor when idle")
 	}
@@ -371,6 +379,10 @@ func TestLoadErrors(t *testing.T) {
 			[]string{"plugin_host.call_wait_timeout: -1s is not"}},
 		{"negative plugin procs", "[plugin_host]\nplugin_procs = -1\n",
 			[]string{"line 2: plugin_host.plugin_procs: -1 is negative"}},
+		{"cpu list backwards", "[plugin_host]\ncpu_affinity = \"3-1\"\n",
+			[]string{`line 2: plugin_host.cpu_affinity: CPU list "3-1": range 3-1 runs backwards (auto, all or a CPU list)`}},
+		{"cpu affinity word", "[plugin_host]\ncpu_affinity = \"none\"\n",
+			[]string{`line 2: plugin_host.cpu_affinity:`, `"none" is not a CPU number`}},
 		{"unknown router", "[plugin_host]\nrouter = \"fast\"\n",
 			[]string{`line 2: plugin_host.router: unknown router "fast" (grpc or h2)`}},
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/containerd/errdefs"
+
+	"corral.dev/supervisor/placement"
 )
 
 // LogLevels are the values [debug] level takes.
@@ -73,6 +75,9 @@ func (c *Config) problems() []problem {
 	if c.PluginHost.PluginProcs < 0 {
 		add(fmt.Sprintf("%d is negative (0 picks a count from the CPUs)", c.PluginHost.PluginProcs),
 			"plugin_host", "plugin_procs")
+	}
+	if err := placement.Check(c.PluginHost.CPUAffinity); err != nil {
+		add(fmt.Sprintf("%v (auto, all or a CPU list)", err), "plugin_host", "cpu_affinity")
 	}
 	if r := c.PluginHost.Router; r != "grpc" && r != "h2" {
 		add(fmt.Sprintf("unknown router %q (grpc or h2)", r), "plugin_host", "router")
