@@ -30,6 +30,7 @@ type conn struct {
 	calls map[uint32]callEntry
 
 	wmu      sync.Mutex // guards the fields below
+	idle     sync.Cond  // signalled when flushing turns false
 	wbuf     []byte     // frames waiting for the flusher
 	spare    []byte     // the buffer last written, for reuse
 	flushing bool       // a goroutine is writing wbuf out
@@ -46,7 +47,9 @@ type callEntry struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &conn{s: s, nc: nc, ctx: ctx, cancel: cancel, calls: make(map[uint32]callEntry)}
+	c := &conn{s: s, nc: nc, ctx: ctx, cancel: cancel, calls: make(map[uint32]callEntry)}
+	c.idle.L = &c.wmu
+	return c
 }
 
 // serve reads frames until the connection ends, then closes it.
@@ -217,7 +220,13 @@ func (c *conn) enqueue(add func([]byte) []byte) (queued, flush bool) {
 func (c *conn) flush() {
 	runtime.Gosched()
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	c.drainLocked()
+	c.wmu.Unlock()
+}
+
+// drainLocked writes the buffer out until it stays empty, then gives up
+// the flusher's part. c.wmu is released during each write.
+func (c *conn) drainLocked() {
 	for len(c.wbuf) > 0 && !c.dead {
 		buf := c.wbuf
 		c.wbuf, c.spare = c.spare[:0], nil
@@ -228,16 +237,22 @@ func (c *conn) flush() {
 			c.spare = buf
 		}
 		if err != nil {
-			if c.ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
-				c.s.opts.Log.Warn().Err(err).Msg("lane connection closed on a failed write")
-			}
-			// The reader then sees the closed connection and ends it.
-			c.dead = true
-			c.wbuf = nil
-			c.nc.Close()
+			c.failWriteLocked(err)
 		}
 	}
 	c.flushing = false
+	c.idle.Broadcast()
+}
+
+// failWriteLocked ends the connection after a failed write; the reader then
+// sees it closed and ends the calls.
+func (c *conn) failWriteLocked(err error) {
+	if c.ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+		c.s.opts.Log.Warn().Err(err).Msg("lane connection closed on a failed write")
+	}
+	c.dead = true
+	c.wbuf = nil
+	c.nc.Close()
 }
 
 // appendReplyFrame appends r's frame to b, or a ResourceExhausted reply in
@@ -263,6 +278,7 @@ func (c *conn) close() {
 		c.wmu.Lock()
 		c.dead = true
 		c.wbuf, c.spare = nil, nil
+		c.idle.Broadcast()
 		c.wmu.Unlock()
 		c.cancel()
 		c.nc.Close()

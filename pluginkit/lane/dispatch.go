@@ -201,7 +201,8 @@ var (
 // once set; its reply carries the header only if no header frame went.
 type transportStream struct {
 	method string
-	c      *conn // nil for a unary call
+	c      *conn         // nil for a unary call
+	ss     *serverStream // a server-streaming call's stream
 	id     uint32
 
 	mu        sync.Mutex

@@ -82,6 +82,7 @@ func (c *conn) serveStream(
 	// The stream holds the request only until the handler takes it: a
 	// subscription may outlive it by far.
 	ss := &serverStream{s: c.s, ctx: ctx, ts: ts, fl: fl, req: call.Msg}
+	ts.ss = ss
 	call.Msg = nil
 
 	var err error

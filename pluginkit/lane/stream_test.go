@@ -499,6 +499,45 @@ func TestStreamEnds(t *testing.T) {
 
 // TestConcurrentStreams runs streams that need credit and unary calls
 // together on one connection.
+// collect reads the frames of streaming calls 1 to streams and of unary
+// Get calls unaryBase+1 to unaryBase+streams, each naming its number, until
+// all have replied; it grants credit back as the supervisor does, a quarter
+// at a time, and returns what each streaming call received.
+func (c *client) collect(streams int, unaryBase uint32) map[uint32]*streamed {
+	t := c.t
+	t.Helper()
+	got := make(map[uint32]*streamed)
+	pending := make(map[uint32]int) // bytes taken and not yet granted back
+	for done := 0; done < 2*streams; {
+		typ, id, body := c.next()
+		if id > unaryBase {
+			r := new(lane.Reply)
+			if typ != lane.TypeReply || lane.ParseReply(body, r) != nil {
+				t.Fatalf("frame type %d for unary call %d", typ, id)
+			}
+			if name := decode(t, r).GetNamespace().GetName(); name != fmt.Sprint(id-unaryBase) {
+				t.Errorf("reply %d names %q", id, name)
+			}
+			done++
+			continue
+		}
+		s := got[id]
+		if s == nil {
+			s = new(streamed)
+			got[id] = s
+		}
+		before := s.bytes
+		if s.add(t, typ, body) {
+			done++
+		}
+		if pending[id] += s.bytes - before; pending[id] >= lane.InitialCredit/4 {
+			c.write(lane.AppendCredit(nil, id, uint32(pending[id])))
+			pending[id] = 0
+		}
+	}
+	return got
+}
+
 func TestConcurrentStreams(t *testing.T) {
 	const streams, n = 16, 24
 	payload := make([]byte, 64<<10)
@@ -525,36 +564,7 @@ func TestConcurrentStreams(t *testing.T) {
 			}
 		})
 	}
-	got := make(map[uint32]*streamed)
-	pending := make(map[uint32]int) // bytes taken and not yet granted back
-	for done := 0; done < 2*streams; {
-		typ, id, body := c.next()
-		if id > 1000 {
-			r := new(lane.Reply)
-			if typ != lane.TypeReply || lane.ParseReply(body, r) != nil {
-				t.Fatalf("frame type %d for unary call %d", typ, id)
-			}
-			if name := decode(t, r).GetNamespace().GetName(); name != fmt.Sprint(id-1000) {
-				t.Errorf("reply %d names %q", id, name)
-			}
-			done++
-			continue
-		}
-		s := got[id]
-		if s == nil {
-			s = new(streamed)
-			got[id] = s
-		}
-		before := s.bytes
-		if s.add(t, typ, body) {
-			done++
-		}
-		// Grant credit back as the supervisor does, a quarter at a time.
-		if pending[id] += s.bytes - before; pending[id] >= lane.InitialCredit/4 {
-			c.write(lane.AppendCredit(nil, id, uint32(pending[id])))
-			pending[id] = 0
-		}
-	}
+	got := c.collect(streams, 1000)
 	wg.Wait()
 	for id := uint32(1); id <= streams; id++ {
 		s := got[id]
