@@ -98,7 +98,8 @@ func (r *Report) transfers(ctx context.Context, cfg Config, ours, theirs *side) 
 
 	// Ingest and get a fresh blob each round, with ctr 1.6, and read it in
 	// one Content.Read call with the Go client.
-	ingest, get, read := newTransferSet(ours, theirs), newTransferSet(ours, theirs), newTransferSet(ours, theirs)
+	ingest, get := newTransferSet(ours, theirs), newTransferSet(ours, theirs)
+	read, raw := newTransferSet(ours, theirs), newTransferSet(ours, theirs)
 	for round := range cfg.TransferRounds {
 		blob := filepath.Join(td.dir, "blob")
 		digest, err := WriteBlob(blob, cfg.BlobMiB*mib, uint64(round)+100)
@@ -107,7 +108,7 @@ func (r *Report) transfers(ctx context.Context, cfg Config, ours, theirs *side) 
 		}
 		for _, s := range sides(round, ours, theirs) {
 			ref := fmt.Sprintf("bench-ingest-%d", round)
-			if err := ingestRound(ctx, cfg, s, ref, blob, digest, ingest[s], get[s], read[s]); err != nil {
+			if err := ingestRound(ctx, cfg, s, ref, blob, digest, ingest[s], get[s], read[s], raw[s]); err != nil {
 				return fmt.Errorf("content ingest and get on %s: %w", s.daemon.Name, err)
 			}
 		}
@@ -116,6 +117,7 @@ func (r *Report) transfers(ctx context.Context, cfg Config, ours, theirs *side) 
 	r.addTransfer("ctr 1.6 content ingest "+size, ingest, ours, theirs)
 	r.addTransfer("ctr 1.6 content get "+size, get, ours, theirs)
 	r.addTransfer("Go client Content.Read "+size+" in one call", read, ours, theirs)
+	r.addTransfer("bare HTTP/2 client Content.Read "+size+" in one call", raw, ours, theirs)
 
 	// Import the same tar each round, with each ctr.
 	// ctr 2.x imports through the Transfer service unless told otherwise,
@@ -151,7 +153,7 @@ func ingestRound(
 	cfg Config,
 	s *side,
 	ref, path, digest string,
-	ingest, get, read *transferStats,
+	ingest, get, read, raw *transferStats,
 ) error {
 	images := imagesapi.NewImagesClient(conn(s.client))
 	size := cfg.BlobMiB * mib
@@ -184,10 +186,14 @@ func ingestRound(
 		return err
 	}
 	get.add(float64(cfg.BlobMiB), wall, cpu)
-	if wall, cpu, err = timeRead(ctx, s, digest, size); err != nil {
+	if wall, cpu, err = timeRead(ctx, s, digest, size, clientRead); err != nil {
 		return err
 	}
 	read.add(float64(cfg.BlobMiB), wall, cpu)
+	if wall, cpu, err = timeRead(ctx, s, digest, size, bareRead); err != nil {
+		return err
+	}
+	raw.add(float64(cfg.BlobMiB), wall, cpu)
 
 	// Remove the record, then the holding image with a synchronous
 	// collection, which removes the bytes.
@@ -267,24 +273,23 @@ func timeCtr(
 	return wall, after.Sub(before), nil
 }
 
-// timeRead reads the blob of digest in one Content.Read call, as a client
-// of the streaming API does, and checks that size bytes came.
-func timeRead(ctx context.Context, s *side, digest string, size int64) (time.Duration, CPU, error) {
+// timeRead times read, one Content.Read call for the whole blob of
+// digest, and checks that it returned size bytes.
+func timeRead(
+	ctx context.Context,
+	s *side,
+	digest string,
+	size int64,
+	read func(context.Context, *side, string) (int64, error),
+) (time.Duration, CPU, error) {
 	before, err := s.daemon.CPU()
 	if err != nil {
 		return 0, CPU{}, err
 	}
 	start := time.Now()
-	rc, err := contentapi.NewContentClient(conn(s.client)).Read(ctx, &contentapi.ReadContentRequest{Digest: digest})
-	var n int64
-	for err == nil {
-		var resp *contentapi.ReadContentResponse
-		if resp, err = rc.Recv(); err == nil {
-			n += int64(len(resp.GetData()))
-		}
-	}
+	n, err := read(ctx, s, digest)
 	wall := time.Since(start)
-	if !errors.Is(err, io.EOF) {
+	if err != nil {
 		return 0, CPU{}, fmt.Errorf("read %s on %s: %w", digest, s.daemon.Name, err)
 	}
 	if n != size {
@@ -295,6 +300,28 @@ func timeRead(ctx context.Context, s *side, digest string, size int64) (time.Dur
 		return 0, CPU{}, err
 	}
 	return wall, after.Sub(before), nil
+}
+
+// clientRead reads the blob of digest with the Go client's connection, as
+// a client of the streaming API does, and returns the data bytes.
+func clientRead(ctx context.Context, s *side, digest string) (int64, error) {
+	rc, err := contentapi.NewContentClient(conn(s.client)).Read(ctx, &contentapi.ReadContentRequest{Digest: digest})
+	var n int64
+	for err == nil {
+		var resp *contentapi.ReadContentResponse
+		if resp, err = rc.Recv(); err == nil {
+			n += int64(len(resp.GetData()))
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return n, err
+}
+
+// bareRead is rawRead on the daemon's socket, in namespace default.
+func bareRead(ctx context.Context, s *side, digest string) (int64, error) {
+	return rawRead(ctx, s.daemon.Address, "default", digest)
 }
 
 // addTransfer adds the rows of a transfer workload: throughput with its
