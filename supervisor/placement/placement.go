@@ -15,6 +15,9 @@
 // (EnvHostCPUs) for the daemon's re-exec and for plugins: whatever a plugin
 // starts on behalf of containers (shims) belongs on the host's CPUs, not
 // the daemon's.
+//
+// TODO(runtime-linux): start shims on the host's CPUs (EnvHostCPUs), or
+// every container inherits the daemon's share; no plugin starts shims yet.
 package placement
 
 import (
