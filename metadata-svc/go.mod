@@ -17,7 +17,6 @@ require (
 )
 
 require (
-	corral.dev/content-svc v0.0.0
 	corral.dev/proto v0.0.0 // indirect
 	github.com/BurntSushi/toml v1.6.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
@@ -50,5 +49,3 @@ require (
 replace corral.dev/pluginkit => ../pluginkit
 
 replace corral.dev/proto => ../proto
-
-replace corral.dev/content-svc => ../content-svc

@@ -27,8 +27,6 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
-	contentsvc "corral.dev/content-svc/service"
-	"corral.dev/content-svc/store"
 	"corral.dev/metadata-svc/metadata"
 	"corral.dev/metadata-svc/service"
 	"corral.dev/pluginkit"
@@ -36,7 +34,8 @@ import (
 )
 
 // contentEnv is the Content and Leases services on a new database, in
-// front of content-svc's raw store, each on its own unix socket.
+// front of a raw store held in memory (contenttest.MemStore, which keeps
+// content-svc's contract), each on its own unix socket.
 type contentEnv struct {
 	db      *metadata.DB
 	gc      *metadata.GC
@@ -49,18 +48,15 @@ type contentEnv struct {
 
 func newContentEnv(t *testing.T, policy string) *contentEnv {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "content"), store.WithLogger(zerolog.Nop()))
-	if err != nil {
-		t.Fatalf("open content store: %v", err)
-	}
 	rawSrv := grpc.NewServer()
 	env := &contentEnv{pub: &recordingPublisher{}, rawLog: &readLog{}}
 	contentapi.RegisterContentServer(rawSrv, &loggingBlobs{
-		ContentServer: contentsvc.NewContent(st, zerolog.Nop()),
+		ContentServer: contenttest.NewMemStore(),
 		log:           env.rawLog,
 	})
 	env.raw = contentapi.NewContentClient(serveOn(t, rawSrv))
 
+	var err error
 	env.db, err = metadata.Open(filepath.Join(t.TempDir(), "meta.db"))
 	if err != nil {
 		t.Fatalf("Open: %v", err)
