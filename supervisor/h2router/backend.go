@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sync"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // backendConn is the router's HTTP/2 connection to one plugin process (or
@@ -23,10 +25,15 @@ type backendConn struct {
 	fr  *http2.Framer
 	fl  flushList
 
+	settled chan struct{} // closed once the backend's first SETTINGS came
+
 	// Guarded by p.mu.
-	streams map[uint32]*stream
-	nextID  uint32
-	goaway  bool // the backend takes no new streams
+	streams    map[uint32]*stream
+	nextID     uint32
+	goaway     bool          // the backend takes no new streams
+	maxStreams uint32        // its SETTINGS_MAX_CONCURRENT_STREAMS
+	reserved   int           // streams about to open, counted against maxStreams
+	freed      chan struct{} // closed when a stream closes, if a call waits
 }
 
 // dialBackend connects to addr and starts reading from it.
@@ -36,12 +43,14 @@ func (r *Router) dialBackend(ctx context.Context, key string, addr net.Addr) (*b
 		return nil, fmt.Errorf("dial plugin at %s: %w", addr, err)
 	}
 	b := &backendConn{
-		r:       r,
-		key:     key,
-		p:       newPeer(nc, 0, backendConnWindow, unblockUp),
-		br:      bufio.NewReaderSize(nc, 64<<10),
-		streams: make(map[uint32]*stream),
-		nextID:  1,
+		r:          r,
+		key:        key,
+		p:          newPeer(nc, 0, backendConnWindow, unblockUp),
+		br:         bufio.NewReaderSize(nc, 64<<10),
+		settled:    make(chan struct{}),
+		streams:    make(map[uint32]*stream),
+		nextID:     1,
+		maxStreams: math.MaxUint32, // unlimited until the backend says
 	}
 	b.fr = http2.NewFramer(nil, b.br)
 	b.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -66,7 +75,73 @@ func (r *Router) dialBackend(ctx context.Context, key string, addr net.Addr) (*b
 	b.p.mu.Unlock()
 	fl.flush()
 	go b.readLoop()
-	return b, nil
+	// As a gRPC client does, wait for the backend's settings before the
+	// first stream, so that its stream limit holds from the start.
+	select {
+	case <-b.settled:
+		return b, nil
+	case <-b.p.closed:
+		return nil, fmt.Errorf("plugin at %s closed the connection before its settings", addr)
+	case <-ctx.Done():
+		b.p.fail(ctx.Err())
+		return nil, fmt.Errorf("plugin at %s sent no settings: %w", addr, ctx.Err())
+	}
+}
+
+// reserve waits until the backend takes one more stream, and counts it
+// against the backend's limit until attach opens or gives it up. It fails
+// with errRetry when the connection cannot take new calls any more.
+func (b *backendConn) reserve(ctx context.Context) error {
+	for {
+		ok, freed, err := b.tryReserve()
+		if ok || err != nil {
+			return err
+		}
+		select {
+		case <-freed:
+		case <-b.p.closed:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
+
+// tryReserve reserves a stream if the backend's limit leaves room, or else
+// returns a channel closed once a stream closes.
+func (b *backendConn) tryReserve() (ok bool, freed <-chan struct{}, err error) {
+	p := b.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil || b.goaway {
+		return false, nil, errRetry
+	}
+	if uint64(len(b.streams)+b.reserved) < uint64(b.maxStreams) {
+		b.reserved++
+		return true, nil, nil
+	}
+	if b.freed == nil {
+		b.freed = make(chan struct{})
+	}
+	return false, b.freed, nil
+}
+
+// unreserveLocked gives a reservation up.
+func (b *backendConn) unreserveLocked() {
+	b.reserved--
+	b.wakeLocked()
+}
+
+// removeLocked forgets stream id and wakes the calls waiting for room.
+func (b *backendConn) removeLocked(id uint32) {
+	delete(b.streams, id)
+	b.wakeLocked()
+}
+
+func (b *backendConn) wakeLocked() {
+	if b.freed != nil {
+		close(b.freed)
+		b.freed = nil
+	}
 }
 
 // unblockUp resumes a call's request bytes after its backend peer drained.
@@ -84,16 +159,19 @@ func (b *backendConn) usable() bool {
 	return b.p.err == nil && !b.goaway && b.nextID < 1<<31-1
 }
 
-// attach opens s on b: it takes a stream id, sends the request headers and
-// whatever request bytes the windows allow.
+// attach opens s on b, in the place b.reserve kept for it: it takes a
+// stream id, sends the request headers and whatever request bytes the
+// windows allow.
 func (s *stream) attach(fl *flushList, b *backendConn, release func(), replay bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.finished {
-		return errFinished
-	}
 	p := b.p
 	p.mu.Lock()
+	b.unreserveLocked() // the stream below takes the reservation's place
+	if s.finished {
+		p.mu.Unlock()
+		return errFinished
+	}
 	if p.err != nil || b.goaway {
 		p.mu.Unlock()
 		return errRetry
@@ -232,6 +310,17 @@ func (b *backendConn) onSettings(f *http2.SettingsFrame) error {
 		return fmt.Errorf("plugin settings: %w", err)
 	}
 	b.fl.add(b.p)
+	if n, ok := f.Value(http2.SettingMaxConcurrentStreams); ok {
+		b.p.mu.Lock()
+		b.maxStreams = n
+		b.wakeLocked()
+		b.p.mu.Unlock()
+	}
+	select {
+	case <-b.settled:
+	default:
+		close(b.settled)
+	}
 	if delta == 0 {
 		return nil
 	}
@@ -258,6 +347,7 @@ func (b *backendConn) onGoAway(f *http2.GoAwayFrame) {
 			delete(b.streams, id)
 		}
 	}
+	b.wakeLocked()
 	b.p.mu.Unlock()
 	b.r.pool.forget(b)
 	for _, s := range unseen {

@@ -182,12 +182,21 @@ var withLanes bool
 
 func startBackend(t testing.TB, ns *fakeNamespaces, cs *fakeContent) *backend {
 	t.Helper()
+	return startBackendWith(t, ns, cs)
+}
+
+// startBackendWith is startBackend with options for the gRPC server.
+func startBackendWith(t testing.TB, ns *fakeNamespaces, cs contentapi.ContentServer, opts ...grpc.ServerOption) *backend {
+	t.Helper()
 	dir := shortTemp(t)
 	l, err := net.Listen("unix", filepath.Join(dir, "b.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &backend{srv: grpc.NewServer(), addr: l.Addr(), ns: ns, cs: cs}
+	b := &backend{srv: grpc.NewServer(opts...), addr: l.Addr(), ns: ns}
+	if fc, ok := cs.(*fakeContent); ok {
+		b.cs = fc
+	}
 	var reg grpc.ServiceRegistrar = b.srv
 	if withLanes {
 		ll, err := net.Listen("unix", filepath.Join(dir, "lane"))

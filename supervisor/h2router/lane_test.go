@@ -47,6 +47,7 @@ func TestOverLanes(t *testing.T) {
 		{"ReplaysCallWhosePluginDied", TestReplaysCallWhosePluginDied},
 		{"DoesNotReplayAnsweredUnavailable", TestDoesNotReplayAnsweredUnavailable},
 		{"GracefulStop", TestGracefulStop},
+		{"BackendStreamLimit", TestBackendStreamLimit},
 		{"UnaryTakesLane", testUnaryTakesLane},
 		{"LaneLargeMessages", testLaneLargeMessages},
 		{"LaneCancel", testLaneCancel},

@@ -291,6 +291,9 @@ func (s *stream) tryOpen(fl *flushList) bool {
 		return true
 	}
 	b, ok := r.pool.ready(addrKey(addr))
+	if ok {
+		ok, _, _ = b.tryReserve()
+	}
 	if !ok {
 		release()
 		return false
@@ -388,6 +391,10 @@ func (s *stream) connect(fl *flushList, replay bool) error {
 	if err != nil {
 		release()
 		return fmt.Errorf("%w: %w", errRetry, err)
+	}
+	if err := b.reserve(s.ctx); err != nil {
+		release()
+		return err
 	}
 	if err := s.attach(fl, b, release, replay); err != nil {
 		release()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -543,4 +544,68 @@ func TestBackendGoAway(t *testing.T) {
 		t.Errorf("call held across the drain = %v", err)
 	}
 	<-stopped
+}
+
+// countingWrites serves Write as fakeContent does, holding each stream
+// open a while and recording how many are open at once.
+type countingWrites struct {
+	contentapi.UnimplementedContentServer
+	open, most atomic.Int32
+}
+
+func (c *countingWrites) Write(s contentapi.Content_WriteServer) error {
+	n := c.open.Add(1)
+	defer c.open.Add(-1)
+	for m := c.most.Load(); n > m && !c.most.CompareAndSwap(m, n); m = c.most.Load() {
+	}
+	time.Sleep(20 * time.Millisecond)
+	return (&fakeContent{}).Write(s)
+}
+
+// TestBackendStreamLimit: calls beyond a plugin's
+// SETTINGS_MAX_CONCURRENT_STREAMS wait for a stream to close instead of
+// being refused; client-streaming calls, which cannot be replayed, all
+// succeed.
+func TestBackendStreamLimit(t *testing.T) {
+	const limit, calls = 2, 12
+	cw := &countingWrites{}
+	ns := startBackend(t, &fakeNamespaces{}, &fakeContent{})
+	content := startBackendWith(t, &fakeNamespaces{}, cw, grpc.MaxConcurrentStreams(limit))
+	fb := newFakeBackends(ns, content)
+	r, conn := startRouter(t, fb, Options{})
+	client := contentapi.NewContentClient(conn)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, calls)
+	for range calls {
+		wg.Go(func() {
+			ws, err := client.Write(nsCtx())
+			if err == nil {
+				err = ws.Send(&contentapi.WriteContentRequest{Data: make([]byte, 100)})
+			}
+			if err == nil {
+				_, err = ws.Recv()
+			}
+			if err == nil {
+				err = ws.CloseSend()
+			}
+			if err == nil {
+				if _, err = ws.Recv(); errors.Is(err, io.EOF) {
+					err = nil
+				}
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("Write through a plugin taking %d streams: %v", limit, err)
+		}
+	}
+	if m := cw.most.Load(); m > limit {
+		t.Errorf("the plugin had %d streams open at once, more than its limit %d", m, limit)
+	}
+	testkit.WaitFor(t, "streams to close", func() bool { return r.openStreams() == 0 && fb.held.Load() == 0 })
 }

@@ -549,7 +549,7 @@ func (s *stream) detachLocked(fl *flushList) {
 	if s.b != nil {
 		p := s.b.p
 		p.mu.Lock()
-		delete(s.b.streams, s.bid)
+		s.b.removeLocked(s.bid)
 		p.mu.Unlock()
 	}
 	if s.ln != nil {
