@@ -64,3 +64,22 @@ func TestPercentile(t *testing.T) {
 		t.Errorf("percentile(nil, 50) = %v, want 0", got)
 	}
 }
+
+// TestSelfCPU: the harness's own CPU time grows with work it does.
+func TestSelfCPU(t *testing.T) {
+	before, err := SelfCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(50 * time.Millisecond)
+	for x := 0; time.Now().Before(deadline); x++ {
+		_ = x * x
+	}
+	after, err := SelfCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after - before; d < 20*time.Millisecond {
+		t.Errorf("50 ms of spinning took %v of CPU", d)
+	}
+}

@@ -258,6 +258,10 @@ func (r *Report) calls(ctx context.Context, cfg Config, w workload, ours, theirs
 		{fmt.Sprintf("%d-way", cfg.Workers), o.par, t.par},
 	}
 	for _, p := range parts {
+		// The harness's own time, the Go client's mostly: what a daemon
+		// leaves of the machine's CPUs goes to it.
+		r.add(fmt.Sprintf("%s, %s, client CPU per call", w.name, p.name),
+			p.o.per(p.o.client), p.t.per(p.t.client), "µs", lower)
 		prefix := fmt.Sprintf("%s, %s, daemon CPU per call", w.name, p.name)
 		r.add(prefix+", all processes", p.o.per(p.o.cpu.Total()), p.t.per(p.t.cpu.Total()), "µs", lower)
 		r.add(prefix+", of which the main process", p.o.per(p.o.cpu.Daemon), p.t.per(p.t.cpu.Daemon), "µs", lower)
@@ -274,10 +278,11 @@ type measurement struct {
 	seq, par  cpuCalls        // the daemon's CPU over the sequential and parallel calls
 }
 
-// cpuCalls is the daemon's CPU over a number of calls.
+// cpuCalls is the daemon's CPU, and the harness's, over a number of calls.
 type cpuCalls struct {
-	cpu   CPU
-	calls int
+	cpu    CPU
+	client time.Duration
+	calls  int
 }
 
 // per spreads d over the calls, in microseconds.
@@ -291,7 +296,7 @@ func (c cpuCalls) per(d time.Duration) float64 {
 // round runs the sequential and the parallel part of a workload once and
 // adds the daemon's CPU time around each.
 func (m *measurement) round(ctx context.Context, cfg Config, s *side, call Call) error {
-	before, err := s.daemon.CPU()
+	before, cBefore, err := cpuBoth(s)
 	if err != nil {
 		return err
 	}
@@ -299,7 +304,7 @@ func (m *measurement) round(ctx context.Context, cfg Config, s *side, call Call)
 	if err != nil {
 		return err
 	}
-	middle, err := s.daemon.CPU()
+	middle, cMiddle, err := cpuBoth(s)
 	if err != nil {
 		return err
 	}
@@ -307,16 +312,31 @@ func (m *measurement) round(ctx context.Context, cfg Config, s *side, call Call)
 	if err != nil {
 		return err
 	}
-	after, err := s.daemon.CPU()
+	after, cAfter, err := cpuBoth(s)
 	if err != nil {
 		return err
 	}
 
 	m.latencies = append(m.latencies, latencies...)
 	m.rates = append(m.rates, rate)
-	m.seq.cpu, m.seq.calls = m.seq.cpu.Add(middle.Sub(before)), m.seq.calls+cfg.Calls
-	m.par.cpu, m.par.calls = m.par.cpu.Add(after.Sub(middle)), m.par.calls+cfg.ParallelCalls
+	m.seq.add(middle.Sub(before), cMiddle-cBefore, cfg.Calls)
+	m.par.add(after.Sub(middle), cAfter-cMiddle, cfg.ParallelCalls)
 	return nil
+}
+
+// add counts calls that took cpu of the daemon and client of the harness.
+func (c *cpuCalls) add(cpu CPU, client time.Duration, calls int) {
+	c.cpu, c.client, c.calls = c.cpu.Add(cpu), c.client+client, c.calls+calls
+}
+
+// cpuBoth reads the daemon's CPU time and the harness's own.
+func cpuBoth(s *side) (CPU, time.Duration, error) {
+	d, err := s.daemon.CPU()
+	if err != nil {
+		return CPU{}, 0, err
+	}
+	self, err := SelfCPU()
+	return d, self, err
 }
 
 func median(values []float64) float64 {
