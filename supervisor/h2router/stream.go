@@ -131,10 +131,31 @@ func (s *stream) onClientData(fl *flushList, data []byte, flowLen int64, end boo
 	if s.replayable && !s.lane && len(s.up)+len(data) > replayLimit {
 		s.stopRetainingLocked()
 	}
-	s.up = append(s.up, data...)
 	s.upEnd = end
+	if !s.replayable && s.b != nil && len(s.up) == 0 {
+		s.forwardUpLocked(fl, data)
+		return nil
+	}
+	s.up = append(s.up, data...)
 	s.drainUpLocked(fl)
 	return nil
+}
+
+// forwardUpLocked sends data, a frame's payload that the reader reuses once
+// the frame is handled, straight from there as far as the windows allow,
+// and queues only the rest: a call that keeps no copy for a replay and has
+// nothing queued saves copying its bytes in between.
+func (s *stream) forwardUpLocked(fl *flushList, data []byte) {
+	owned := s.up
+	s.up, s.upOff = data, 0
+	s.drainUpLocked(fl)
+	if s.upOff == len(s.up) {
+		// Sent whole: drainUpLocked counted it and emptied s.up.
+		s.up, s.upOff = owned[:0], 0
+		return
+	}
+	s.upBase += int64(s.upOff)
+	s.up, s.upOff = append(owned[:0], s.up[s.upOff:]...), 0
 }
 
 // onClientTrailers queues the client's trailing HEADERS, which end its side.
