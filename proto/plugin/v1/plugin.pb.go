@@ -77,7 +77,11 @@ type InfoResponse struct {
 	// Capabilities are shown by introspection.
 	Capabilities []string `protobuf:"bytes,7,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	// Pid is the plugin process id.
-	Pid           int64 `protobuf:"varint,8,opt,name=pid,proto3" json:"pid,omitempty"`
+	Pid int64 `protobuf:"varint,8,opt,name=pid,proto3" json:"pid,omitempty"`
+	// Methods lists full method names ("/pkg.Service/Method") that the
+	// supervisor routes from the public socket to this plugin rather than to
+	// the plugin serving the rest of their service.
+	Methods       []string `protobuf:"bytes,9,rep,name=methods,proto3" json:"methods,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -168,6 +172,13 @@ func (x *InfoResponse) GetPid() int64 {
 	return 0
 }
 
+func (x *InfoResponse) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
 type MetricsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -255,7 +266,7 @@ var File_plugin_v1_plugin_proto protoreflect.FileDescriptor
 const file_plugin_v1_plugin_proto_rawDesc = "" +
 	"\n" +
 	"\x16plugin/v1/plugin.proto\x12\x10corral.plugin.v1\"\r\n" +
-	"\vInfoRequest\"\xce\x02\n" +
+	"\vInfoRequest\"\xe8\x02\n" +
 	"\fInfoResponse\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1a\n" +
@@ -265,7 +276,8 @@ const file_plugin_v1_plugin_proto_rawDesc = "" +
 	"\x0finit_error_code\x18\x05 \x01(\x05R\rinitErrorCode\x12E\n" +
 	"\aexports\x18\x06 \x03(\v2+.corral.plugin.v1.InfoResponse.ExportsEntryR\aexports\x12\"\n" +
 	"\fcapabilities\x18\a \x03(\tR\fcapabilities\x12\x10\n" +
-	"\x03pid\x18\b \x01(\x03R\x03pid\x1a:\n" +
+	"\x03pid\x18\b \x01(\x03R\x03pid\x12\x18\n" +
+	"\amethods\x18\t \x03(\tR\amethods\x1a:\n" +
 	"\fExportsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x10\n" +
