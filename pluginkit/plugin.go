@@ -29,8 +29,15 @@ type Plugin struct {
 	// runs once per process, before any call is served.
 	Init func(ctx context.Context, ic *InitContext) error
 	// Private plugins serve other plugins only: the supervisor routes no
-	// public call to them, only calls made with InitContext.Dial.
+	// public call to them, only calls made with InitContext.Dial and the
+	// calls of Methods.
 	Private bool
+	// Methods are full method names ("/pkg.Service/Method") of public
+	// services, registered on the plugin's server, that the supervisor
+	// routes to this plugin ahead of the plugin serving the rest of their
+	// service: the content plugin takes Content.Write this way, so that
+	// the bytes of a write reach it without crossing the metadata plugin.
+	Methods []string
 }
 
 // FullID is the plugin's type and id joined by a dot, the name containerd
@@ -104,6 +111,12 @@ const (
 	// the supervisor can tell a plugin's answer from a broken connection.
 	HandledKey = "corral-handled"
 )
+
+// IngestRef is the content plugin's key for the ingest that a client of
+// namespace ns calls ref. The plugins that share ingests agree on it.
+func IngestRef(ns, ref string) string {
+	return ns + "/" + ref
+}
 
 // LaneExport is the key of InfoResponse.Exports that holds the path of the
 // plugin's lane socket, where it serves its unary methods (see package

@@ -246,6 +246,10 @@ func (h *host) init(s *grpc.Server) {
 		h.initErr = err
 		return
 	}
+	if err := checkMethods(h.plugin.Methods, s.GetServiceInfo()); err != nil {
+		h.initErr = err
+		return
+	}
 	h.log.Info().Msg("plugin initialised")
 }
 
@@ -290,6 +294,7 @@ func (h *host) Info(ctx context.Context, _ *pluginv1.InfoRequest) (*pluginv1.Inf
 		}
 	}
 	sort.Strings(resp.Services)
+	resp.Methods = append(resp.Methods, h.plugin.Methods...)
 	return resp, nil
 }
 
@@ -309,10 +314,28 @@ func (h *host) Metrics(ctx context.Context, _ *pluginv1.MetricsRequest) (*plugin
 	return &pluginv1.MetricsResponse{Families: buf.Bytes()}, nil
 }
 
+// checkMethods returns an error wrapping [errdefs.ErrInvalidArgument]
+// unless every method of methods is a public method the server serves.
+func checkMethods(methods []string, served map[string]grpc.ServiceInfo) error {
+	for _, m := range methods {
+		svc, name, ok := strings.Cut(strings.TrimPrefix(m, "/"), "/")
+		found := false
+		for _, mi := range served[svc].Methods {
+			found = found || mi.Name == name
+		}
+		if !ok || !strings.HasPrefix(m, "/") || !isPublicService(svc) || !found {
+			return fmt.Errorf("plugin claims method %q, which it does not serve publicly: %w",
+				m, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
 // isPublicService reports whether a registered service is one the plugin
-// serves to clients, rather than part of the plugin contract.
+// serves to clients, rather than part of the plugin contract or a service
+// of ours that plugins serve each other.
 func isPublicService(name string) bool {
-	return !strings.HasPrefix(name, "corral.plugin.") &&
+	return !strings.HasPrefix(name, "corral.") &&
 		!strings.HasPrefix(name, "plugin.") &&
 		!strings.HasPrefix(name, "grpc.")
 }

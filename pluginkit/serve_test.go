@@ -177,3 +177,25 @@ func startHost(t *testing.T) *host {
 	t.Cleanup(gs.Stop)
 	return h
 }
+
+func TestCheckMethods(t *testing.T) {
+	gs := grpc.NewServer()
+	nsapi.RegisterNamespacesServer(gs, nsapi.UnimplementedNamespacesServer{})
+	pluginv1.RegisterPluginServer(gs, pluginv1.UnimplementedPluginServer{})
+	served := gs.GetServiceInfo()
+
+	if err := checkMethods([]string{"/containerd.services.namespaces.v1.Namespaces/Get"}, served); err != nil {
+		t.Errorf("served public method: %v", err)
+	}
+	for _, m := range []string{
+		"/containerd.services.namespaces.v1.Namespaces/Nope", // not a method of it
+		"/containerd.services.images.v1.Images/Get",          // not served
+		"/corral.plugin.v1.Plugin/Info",                      // not public
+		"containerd.services.namespaces.v1.Namespaces/Get",   // not a full name
+		"/containerd.services.namespaces.v1.Namespaces",
+	} {
+		if err := checkMethods([]string{m}, served); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("checkMethods(%q) = %v, want InvalidArgument", m, err)
+		}
+	}
+}
