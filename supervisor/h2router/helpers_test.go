@@ -255,9 +255,10 @@ func newFakeBackends(ns, content *backend) *fakeBackends {
 	return &fakeBackends{byName: map[string]*backend{nsService: ns, contentService: content}}
 }
 
-func (f *fakeBackends) AcquireAddr(ctx context.Context, service, target string) (net.Addr, func(), error) {
+func (f *fakeBackends) AcquireAddr(ctx context.Context, method, target string) (net.Addr, func(), error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	service := serviceOf(method)
 	if target != "" {
 		service = target
 	}
@@ -339,8 +340,8 @@ func (r *Router) openStreams() int {
 	return n
 }
 
-func (f *fakeBackends) TryAcquireAddr(service, target string) (net.Addr, func(), bool) {
-	addr, release, err := f.AcquireAddr(context.Background(), service, target)
+func (f *fakeBackends) TryAcquireAddr(method, target string) (net.Addr, func(), bool) {
+	addr, release, err := f.AcquireAddr(context.Background(), method, target)
 	return addr, release, err == nil
 }
 
@@ -348,6 +349,6 @@ func (f *fakeBackends) TryAcquireAddr(service, target string) (net.Addr, func(),
 // goroutine of its own.
 type waitingBackends struct{ fb *fakeBackends }
 
-func (w waitingBackends) AcquireAddr(ctx context.Context, service, target string) (net.Addr, func(), error) {
-	return w.fb.AcquireAddr(ctx, service, target)
+func (w waitingBackends) AcquireAddr(ctx context.Context, method, target string) (net.Addr, func(), error) {
+	return w.fb.AcquireAddr(ctx, method, target)
 }

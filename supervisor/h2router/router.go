@@ -42,11 +42,12 @@ import (
 // Backends is what the router needs from the plugin host.
 type Backends interface {
 	// AcquireAddr returns the socket address of the plugin that serves
-	// service, or of the plugin named target when target is not empty,
+	// method (a full method name, "/pkg.Service/Method"), or of the plugin
+	// named target when target is not empty,
 	// waiting while that plugin starts or restarts. release ends the call's
 	// hold on the plugin, which may then be drained. Errors are gRPC status
 	// errors.
-	AcquireAddr(ctx context.Context, service, target string) (addr net.Addr, release func(), err error)
+	AcquireAddr(ctx context.Context, method, target string) (addr net.Addr, release func(), err error)
 }
 
 // TryBackends is implemented by Backends that can hand out a running
@@ -55,7 +56,7 @@ type Backends interface {
 type TryBackends interface {
 	// TryAcquireAddr is AcquireAddr for a plugin that is running now; ok
 	// is false when the call would have to wait, or fail.
-	TryAcquireAddr(service, target string) (addr net.Addr, release func(), ok bool)
+	TryAcquireAddr(method, target string) (addr net.Addr, release func(), ok bool)
 }
 
 // Options configure a Router.
@@ -272,7 +273,7 @@ func (s *stream) tryOpen(fl *flushList) bool {
 	case s.target == "" && r.local[s.service]:
 		addr = localAddr{}
 	case ok:
-		if addr, release, ok = tb.TryAcquireAddr(s.service, s.target); !ok {
+		if addr, release, ok = tb.TryAcquireAddr(s.path, s.target); !ok {
 			return false
 		}
 	default:
@@ -361,7 +362,7 @@ func (s *stream) open(replay bool) {
 // connect acquires the call's backend and attaches the call to it.
 func (s *stream) connect(fl *flushList, replay bool) error {
 	r := s.c.r
-	addr, release, err := r.acquire(s.ctx, s.service, s.target)
+	addr, release, err := r.acquire(s.ctx, s.path, s.target)
 	if err != nil {
 		if c := status.Code(err); s.redirect != nil && (c == codes.NotFound || c == codes.Unimplemented) {
 			// Not the client's NotFound: a plugin named one that is not there.
@@ -403,12 +404,12 @@ func (s *stream) connect(fl *flushList, replay bool) error {
 	return nil
 }
 
-// acquire returns the address of the backend that serves service.
-func (r *Router) acquire(ctx context.Context, service, target string) (net.Addr, func(), error) {
-	if target == "" && r.local[service] {
+// acquire returns the address of the backend that serves method.
+func (r *Router) acquire(ctx context.Context, method, target string) (net.Addr, func(), error) {
+	if target == "" && r.local[serviceOf(method)] {
 		return localAddr{}, func() {}, nil
 	}
-	return r.backends.AcquireAddr(ctx, service, target)
+	return r.backends.AcquireAddr(ctx, method, target)
 }
 
 // dial connects to addr, the in-process server included.

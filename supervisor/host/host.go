@@ -6,11 +6,13 @@ package host
 import (
 	"context"
 	"fmt"
-	"github.com/containerd/errdefs"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -58,8 +60,11 @@ type Host struct {
 	opts      Options
 	instances map[string]*Instance // by plugin id
 
-	mu       sync.RWMutex
-	services map[string]*Instance // by full service name
+	mu sync.RWMutex
+	// routes holds the plugin of each public service, by full service name,
+	// and of each method a plugin takes ahead of its service's plugin, by
+	// full method name ("/pkg.Service/Method").
+	routes map[string]*Instance
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -80,7 +85,7 @@ func New(specs []Spec, opts Options) *Host {
 	h := &Host{
 		opts:      opts,
 		instances: make(map[string]*Instance, len(specs)),
-		services:  make(map[string]*Instance),
+		routes:    make(map[string]*Instance),
 	}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	for _, s := range specs {
@@ -111,22 +116,36 @@ func (h *Host) Stop() {
 }
 
 // Acquire implements router.Backends.
-func (h *Host) Acquire(ctx context.Context, service, target string) (router.Lease, error) {
+func (h *Host) Acquire(ctx context.Context, method, target string) (router.Lease, error) {
 	var in *Instance
 	if target != "" {
 		in = h.instances[target]
 		if in == nil {
 			return nil, status.Errorf(codes.NotFound, "plugin %q: not found", target)
 		}
-	} else {
-		h.mu.RLock()
-		in = h.services[service]
-		h.mu.RUnlock()
-		if in == nil {
-			return nil, status.Errorf(codes.Unimplemented, "unknown service %s", service)
-		}
+	} else if in = h.lookup(method); in == nil {
+		return nil, status.Errorf(codes.Unimplemented, "unknown service %s", serviceOf(method))
 	}
 	return in.acquire(ctx, h.opts.WaitTimeout)
+}
+
+// lookup returns the plugin that serves the full method name method, or nil.
+func (h *Host) lookup(method string) *Instance {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if in := h.routes[method]; in != nil {
+		return in
+	}
+	return h.routes[serviceOf(method)]
+}
+
+// serviceOf returns the service part of a full method name "/pkg.Svc/Method".
+func serviceOf(method string) string {
+	s := strings.TrimPrefix(method, "/")
+	if i := strings.LastIndexByte(s, '/'); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
 
 // Restart drains the plugin id and starts it again, from path when path is
@@ -152,16 +171,17 @@ func (h *Host) Instances() []*Instance {
 	return out
 }
 
-// route records that in serves services.
-func (h *Host) route(in *Instance, services []string) {
+// route records that in serves services, and methods ahead of their
+// services' plugins.
+func (h *Host) route(in *Instance, services, methods []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, s := range services {
-		if other := h.services[s]; other != nil && other != in {
+	for _, s := range slices.Concat(services, methods) {
+		if other := h.routes[s]; other != nil && other != in {
 			h.opts.Log.Warn().Str("service", s).Str("plugin", in.spec.Plugin.ID).
-				Str("other", other.spec.Plugin.ID).Msg("service served by two plugins, keeping the first")
+				Str("other", other.spec.Plugin.ID).Msg("served by two plugins, keeping the first")
 			continue
 		}
-		h.services[s] = in
+		h.routes[s] = in
 	}
 }

@@ -187,9 +187,13 @@ func (in *Instance) start() error {
 		in.setState(Failed, status.Error(codes.Code(info.InitErrorCode), info.InitError))
 		return nil
 	}
-	in.h.route(in, info.Services)
+	in.h.route(in, info.Services, info.Methods)
 	in.setState(Running, nil)
-	in.log.Info().Int("pid", proc.Pid()).Strs("services", info.Services).Msg("plugin running")
+	ev := in.log.Info().Int("pid", proc.Pid()).Strs("services", info.Services)
+	if len(info.Methods) > 0 {
+		ev = ev.Strs("methods", info.Methods)
+	}
+	ev.Msg("plugin running")
 	return nil
 }
 

@@ -13,8 +13,8 @@ import (
 // AcquireAddr implements h2router.Backends: it holds the plugin as Acquire
 // does (waiting while it starts or restarts, counted for drains) and hands
 // out the socket address of its current process instead of a connection.
-func (h *Host) AcquireAddr(ctx context.Context, service, target string) (net.Addr, func(), error) {
-	l, err := h.Acquire(ctx, service, target)
+func (h *Host) AcquireAddr(ctx context.Context, method, target string) (net.Addr, func(), error) {
+	l, err := h.Acquire(ctx, method, target)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -28,14 +28,12 @@ func (h *Host) AcquireAddr(ctx context.Context, service, target string) (net.Add
 
 // TryAcquireAddr is AcquireAddr for a plugin that is running now: it never
 // waits, and ok is false when the plugin is not running or not known.
-func (h *Host) TryAcquireAddr(service, target string) (addr net.Addr, release func(), ok bool) {
+func (h *Host) TryAcquireAddr(method, target string) (addr net.Addr, release func(), ok bool) {
 	var in *Instance
 	if target != "" {
 		in = h.instances[target]
 	} else {
-		h.mu.RLock()
-		in = h.services[service]
-		h.mu.RUnlock()
+		in = h.lookup(method)
 	}
 	if in == nil {
 		return nil, nil, false

@@ -24,10 +24,11 @@ import (
 
 // Backends is what the router needs from the plugin host.
 type Backends interface {
-	// Acquire returns a connection to the plugin that serves service, or to
-	// the plugin named target when target is not empty, waiting while that
-	// plugin starts or restarts. Errors are gRPC status errors.
-	Acquire(ctx context.Context, service, target string) (Lease, error)
+	// Acquire returns a connection to the plugin that serves method (a full
+	// method name, "/pkg.Service/Method"), or to the plugin named target
+	// when target is not empty, waiting while that plugin starts or
+	// restarts. Errors are gRPC status errors.
+	Acquire(ctx context.Context, method, target string) (Lease, error)
 }
 
 // Lease is a plugin connection held for the length of one call.
@@ -131,7 +132,7 @@ func (c *call) forwardReplayable(serverStreams bool) error {
 	deadline := time.Now().Add(c.r.opts.ReplayTimeout)
 	backoff := 2 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		lease, err := c.r.backends.Acquire(ctx, c.service, c.target)
+		lease, err := c.r.backends.Acquire(ctx, c.method, c.target)
 		if err != nil {
 			return err
 		}
@@ -212,7 +213,7 @@ func (c *call) serverStream(conn grpc.ClientConnInterface, req *frame) (answered
 // forwardStream forwards a call whose client streams, in both directions at
 // once. Such calls are never replayed: the router keeps none of their messages.
 func (c *call) forwardStream() error {
-	lease, err := c.r.backends.Acquire(c.ss.Context(), c.service, c.target)
+	lease, err := c.r.backends.Acquire(c.ss.Context(), c.method, c.target)
 	if err != nil {
 		return err
 	}

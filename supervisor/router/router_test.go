@@ -122,9 +122,10 @@ type fakeBackends struct {
 	current *backend
 }
 
-func (f *fakeBackends) Acquire(ctx context.Context, service, target string) (Lease, error) {
+func (f *fakeBackends) Acquire(ctx context.Context, method, target string) (Lease, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	service := serviceOf(method)
 	switch service {
 	case "containerd.services.namespaces.v1.Namespaces", "containerd.services.content.v1.Content":
 		return fakeLease{f.current.conn}, nil
