@@ -225,6 +225,43 @@ func TestLock(t *testing.T) {
 	}
 }
 
+// TestReserve holds a ref without touching its ingest, then opens it or
+// gives it up.
+func TestReserve(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	r, err := s.Reserve("ns/r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Writer("ns/r", 0, "")
+	wantClass(t, "Writer of reserved ref", err, errdefs.IsUnavailable)
+	_, err = s.Reserve("ns/r")
+	wantClass(t, "second Reserve", err, errdefs.IsUnavailable)
+	wantClass(t, "Abort of reserved ref", s.Abort("ns/r"), errdefs.IsUnavailable)
+	_, err = s.Status("ns/r")
+	wantClass(t, "Status of reserved ref", err, errdefs.IsNotFound)
+
+	r.Release()
+	r.Release() // a second Release must not release someone else's hold
+	r2, err := s.Reserve("ns/r")
+	if err != nil {
+		t.Fatalf("Reserve after Release = %v", err)
+	}
+	w, err := r2.Open(0, "")
+	if err != nil {
+		t.Fatalf("Open = %v", err)
+	}
+	r2.Release() // spent: the writer keeps the ref
+	_, err = s.Writer("ns/r", 0, "")
+	wantClass(t, "Writer of opened ref", err, errdefs.IsUnavailable)
+	_, err = r2.Open(0, "")
+	wantClass(t, "second Open", err, errdefs.IsFailedPrecondition)
+	w.Close()
+	if _, err := s.Reserve("ns/r"); err != nil {
+		t.Errorf("Reserve after the writer closed = %v", err)
+	}
+}
+
 func TestTruncate(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	w, _ := s.Writer("r", 0, "")

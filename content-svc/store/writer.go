@@ -54,18 +54,59 @@ func (s *Store) Writer(ref string, total int64, expected digest.Digest) (*Writer
 		}
 	}
 
+	r, err := s.Reserve(ref)
+	if err != nil {
+		return nil, err
+	}
+	return r.Open(total, expected)
+}
+
+// Reservation holds an ingest's ref for a writer about to be opened, and
+// leaves the ingest as it is meanwhile: no other writer and no abort can
+// take the ref until the reservation is opened or released.
+type Reservation struct {
+	s    *Store
+	ref  string
+	done bool
+}
+
+// Reserve holds ref. It fails with [errdefs.ErrUnavailable] while a writer
+// or another reservation holds ref.
+func (s *Store) Reserve(ref string) (*Reservation, error) {
+	if ref == "" {
+		return nil, fmt.Errorf("reserve ingest: ref must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
 	if err := s.lock(ref, nil); err != nil {
 		return nil, err
 	}
-	w, err := s.openWriter(ref, total, expected)
+	return &Reservation{s: s, ref: ref}, nil
+}
+
+// Open opens the reserved ref's writer as [Store.Writer] does, except that
+// it does not look for the blob expected, and hands the ref to it. The
+// reservation is spent either way.
+func (r *Reservation) Open(total int64, expected digest.Digest) (*Writer, error) {
+	if r.done {
+		return nil, fmt.Errorf("open writer %s: reservation spent: %w", r.ref, errdefs.ErrFailedPrecondition)
+	}
+	w, err := r.s.openWriter(r.ref, total, expected)
 	if err != nil {
-		s.unlock(ref, nil)
+		r.Release()
 		return nil, err
 	}
-	s.mu.Lock()
-	s.locks[ref] = w
-	s.mu.Unlock()
+	r.done = true
+	r.s.mu.Lock()
+	r.s.locks[r.ref] = w
+	r.s.mu.Unlock()
 	return w, nil
+}
+
+// Release gives the ref up if the reservation was not opened.
+func (r *Reservation) Release() {
+	if !r.done {
+		r.done = true
+		r.s.unlock(r.ref, nil)
+	}
 }
 
 // dropIngest removes ref's ingest if no writer holds it.
