@@ -4,6 +4,7 @@ go 1.26.6
 
 require (
 	corral.dev/pluginkit v0.0.0
+	corral.dev/proto v0.0.0
 	github.com/containerd/containerd/api v1.12.0
 	github.com/containerd/errdefs v1.0.0
 	github.com/containerd/errdefs/pkg v0.3.0
@@ -17,7 +18,6 @@ require (
 )
 
 require (
-	corral.dev/proto v0.0.0 // indirect
 	github.com/BurntSushi/toml v1.6.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect

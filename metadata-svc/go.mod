@@ -3,7 +3,9 @@ module corral.dev/metadata-svc
 go 1.26.6
 
 require (
+	corral.dev/content-svc v0.0.0
 	corral.dev/pluginkit v0.0.0
+	corral.dev/proto v0.0.0
 	github.com/containerd/containerd/api v1.12.0
 	github.com/containerd/errdefs v1.0.0
 	github.com/containerd/errdefs/pkg v0.3.0
@@ -17,7 +19,6 @@ require (
 )
 
 require (
-	corral.dev/proto v0.0.0 // indirect
 	github.com/BurntSushi/toml v1.6.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
@@ -45,6 +46,8 @@ require (
 	golang.org/x/text v0.43.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 )
+
+replace corral.dev/content-svc => ../content-svc
 
 replace corral.dev/pluginkit => ../pluginkit
 

@@ -20,6 +20,7 @@ import (
 	"corral.dev/content-svc/store"
 	"corral.dev/pluginkit/filters"
 	"corral.dev/pluginkit/lane"
+	ingestv1 "corral.dev/proto/ingest/v1"
 )
 
 // Sizes of the messages the service sends.
@@ -53,7 +54,9 @@ var readBufs = sync.Pool{New: func() any { return new([ReadChunkSize]byte) }}
 
 // Content serves containerd.services.content.v1.Content on a raw store:
 // refs are opaque keys, labels are neither kept nor returned, and the
-// namespace header is ignored. The metadata plugin adds those on top.
+// namespace header is ignored. The metadata plugin adds those on top. Only
+// Write may be namespaced (see [WithIngests]): in the daemon the public
+// Write streams come here, and the metadata plugin keeps their records.
 //
 // Where containerd's own service leaves room, this one behaves as follows:
 //   - Update changes nothing and answers with the blob's info.
@@ -72,11 +75,25 @@ type Content struct {
 	store   *store.Store
 	log     zerolog.Logger
 	metrics *metrics
+	ingests ingestv1.IngestsClient // nil: raw writes
+}
+
+// Opt configures a Content made by [NewContent].
+type Opt func(*Content)
+
+// WithIngests makes Write streams namespaced ones whose ingests and blobs
+// are recorded through cl, the metadata plugin's Ingests service.
+func WithIngests(cl ingestv1.IngestsClient) Opt {
+	return func(c *Content) { c.ingests = cl }
 }
 
 // NewContent returns the Content service on s.
-func NewContent(s *store.Store, log zerolog.Logger) *Content {
-	return &Content{store: s, log: log, metrics: newMetrics()}
+func NewContent(s *store.Store, log zerolog.Logger, opts ...Opt) *Content {
+	c := &Content{store: s, log: log, metrics: newMetrics()}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Register registers the service on gs.

@@ -28,8 +28,8 @@ type server struct {
 	sock string
 }
 
-// serve starts the service on the store in root.
-func serve(t testing.TB, root string) *server {
+// serve starts the service made with opts on the store in root.
+func serve(t testing.TB, root string, opts ...Opt) *server {
 	t.Helper()
 	s, err := store.Open(root, store.WithLogger(zerolog.Nop()))
 	if err != nil {
@@ -39,7 +39,7 @@ func serve(t testing.TB, root string) *server {
 		grpc.MaxRecvMsgSize(pluginkit.MaxMsgSize),
 		grpc.MaxSendMsgSize(pluginkit.MaxMsgSize),
 	)
-	NewContent(s, zerolog.Nop()).Register(gs)
+	NewContent(s, zerolog.Nop(), opts...).Register(gs)
 	sock := filepath.Join(t.TempDir(), "content.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {

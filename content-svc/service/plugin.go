@@ -1,7 +1,9 @@
 // Package service serves content-svc's raw Content service on the blob
 // store, and defines the plugin ("content") that the supervisor starts to
 // run it. The plugin is private: only other plugins, the metadata plugin
-// first, reach it through the supervisor.
+// first, reach it through the supervisor, except for the public
+// Content.Write streams, which the supervisor routes here so that their
+// bytes make one hop.
 package service
 
 import (
@@ -9,13 +11,19 @@ import (
 
 	"corral.dev/content-svc/store"
 	"corral.dev/pluginkit"
+	ingestv1 "corral.dev/proto/ingest/v1"
 )
+
+// MetadataPluginID is the plugin that keeps the namespaces' records of the
+// blobs and ingests, and serves the Ingests service.
+const MetadataPluginID = "bolt"
 
 // Plugin is the content plugin, io.containerd.content.v1.content.
 var Plugin = pluginkit.Plugin{
 	Type:    "io.containerd.content.v1",
 	ID:      "content",
 	Private: true,
+	Methods: []string{"/containerd.services.content.v1.Content/Write"},
 	Init:    initPlugin,
 }
 
@@ -26,7 +34,7 @@ func initPlugin(_ context.Context, ic *pluginkit.InitContext) error {
 	if err != nil {
 		return err
 	}
-	c := NewContent(s, ic.Log)
+	c := NewContent(s, ic.Log, WithIngests(ingestv1.NewIngestsClient(ic.Dial(MetadataPluginID))))
 	if ic.Metrics != nil {
 		if err := c.RegisterMetrics(ic.Metrics); err != nil {
 			return err

@@ -212,7 +212,8 @@ func (s *ContentStore) Add(
 		UpdatedAt: now,
 		Labels:    withoutEmpty(info.GetLabels()),
 	}
-	err = s.db.bdb.Update(func(tx *bolt.Tx) error {
+	// A replayed call answers as the first did (see DB.update).
+	err = s.db.update(ctx, rec, func(tx *bolt.Tx) error {
 		return addBlob(tx, ns, rec, lease, ref)
 	})
 	if err != nil {

@@ -97,7 +97,9 @@ func (n noSnapshots) Collect(_ context.Context, keep map[SnapshotRef]struct{}) e
 // roots (images, containers, unexpired leases, ingests in use and objects
 // labelled [LabelRoot]) along [LabelRefContent] and [LabelRefSnapshot]
 // edges, then a sweep of every blob record, ingest and expired lease the
-// mark did not reach, and of the bytes no namespace holds any more.
+// mark did not reach, and of the bytes no namespace holds any more. The
+// bytes an ingest kept by the mark expects are held too: the content plugin
+// commits a write's bytes before it has them recorded.
 //
 // Callers that delete something call [GC.Schedule]; a request that asks for
 // a synchronous collection (sync: true) calls [GC.Run]. Writers that make a

@@ -13,6 +13,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
+
+	"corral.dev/pluginkit"
 )
 
 // nodeKind is the kind of object a collection node stands for.
@@ -275,12 +277,17 @@ func (m *marker) sweepIngests(ns string, res *sweepResult) error {
 	b := bucket(m.tx, keyNamespaces, []byte(ns), keyContent, keyIngests)
 	for _, k := range bucketKeys(b) {
 		if m.hasSeen(node{kind: kindIngest, ns: ns, key: string(k)}) {
+			// A writer that named its blob may have committed the bytes
+			// and not yet recorded them: they stay while the ingest does.
+			if d := b.Bucket(k).Get(keyExpected); len(d) > 0 {
+				res.held[digest.Digest(d)] = struct{}{}
+			}
 			continue
 		}
 		if err := b.DeleteBucket(k); err != nil {
 			return fmt.Errorf("delete ingest %q of namespace %q: %w", k, ns, err)
 		}
-		res.aborted = append(res.aborted, ns+"/"+string(k))
+		res.aborted = append(res.aborted, pluginkit.IngestRef(ns, string(k)))
 	}
 	return nil
 }

@@ -633,3 +633,33 @@ func TestGCAbortsOrphanIngests(t *testing.T) {
 		t.Errorf("ingests left %v, want %v", left, want)
 	}
 }
+
+// TestGCKeepsBytesAnIngestExpects keeps the bytes a kept ingest expects,
+// which its writer may have committed and not yet recorded, and deletes
+// them once the ingest is gone.
+func TestGCKeepsBytesAnIngestExpects(t *testing.T) {
+	ctx := context.Background()
+	db := openTestDB(t)
+	blobs := newFakeBlobs("committed", "stray")
+	d := blobDigest("committed")
+	if err := db.Content().StartIngest(ctx, "ns", "r", d, ""); err != nil {
+		t.Fatalf("StartIngest: %v", err)
+	}
+	gc := NewGC(db, blobs)
+	if err := gc.Run(ctx); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if deleted, _ := blobs.taken(); !slices.Equal(deleted, []string{blobDigest("stray")}) {
+		t.Errorf("deleted %v, want only the stray blob", deleted)
+	}
+
+	if err := db.Content().ForgetIngest(ctx, "ns", "r"); err != nil {
+		t.Fatalf("ForgetIngest: %v", err)
+	}
+	if err := gc.Run(ctx); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if deleted, _ := blobs.taken(); !slices.Equal(deleted, []string{d}) {
+		t.Errorf("deleted %v after the ingest went, want %s", deleted, d)
+	}
+}

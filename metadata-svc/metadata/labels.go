@@ -8,32 +8,22 @@ import (
 
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
+
+	"corral.dev/pluginkit/labels"
 )
 
 // MaxLabelSize is the most bytes the key and value of one label may take
 // together, the limit containerd applies.
-const MaxLabelSize = 4096
+const MaxLabelSize = labels.MaxSize
 
 // ValidateLabel returns an error wrapping [errdefs.ErrInvalidArgument] if
 // the label key=value is not one the store accepts.
 func ValidateLabel(key, value string) error {
-	if key == "" {
-		return fmt.Errorf("label key must not be empty: %w", errdefs.ErrInvalidArgument)
-	}
-	if n := len(key) + len(value); n > MaxLabelSize {
-		return fmt.Errorf("label %.64q: key and value take %d bytes, more than %d: %w",
-			key, n, MaxLabelSize, errdefs.ErrInvalidArgument)
-	}
-	return nil
+	return labels.Validate(key, value)
 }
 
-func validateLabels(labels map[string]string) error {
-	for k, v := range labels {
-		if err := ValidateLabel(k, v); err != nil {
-			return err
-		}
-	}
-	return nil
+func validateLabels(set map[string]string) error {
+	return labels.ValidateAll(set)
 }
 
 // labelUpdate is a validated change to a set of labels: either a new set

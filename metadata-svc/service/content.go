@@ -48,7 +48,9 @@ type ContentConfig struct {
 
 // Content serves containerd.services.content.v1.Content: the records and
 // labels of each namespace from the metadata database, the bytes from the
-// content plugin, whose ingest refs are "<namespace>/<ref>".
+// content plugin, whose ingest refs are "<namespace>/<ref>". Write is not
+// served here: the content plugin takes the Write streams and records them
+// through [Ingests].
 type Content struct {
 	contentapi.UnimplementedContentServer
 	ContentConfig
@@ -197,7 +199,7 @@ func (s *Content) Status(
 	ns, err := requireNamespace(ctx)
 	var resp *contentapi.StatusResponse
 	if err == nil {
-		resp, err = s.Blobs.Status(ctx, &contentapi.StatusRequest{Ref: rawRef(ns, req.GetRef())})
+		resp, err = s.Blobs.Status(ctx, &contentapi.StatusRequest{Ref: pluginkit.IngestRef(ns, req.GetRef())})
 		err = errgrpc.ToNative(err)
 	}
 	s.logRequest("content status", ns, "key", req.GetRef(), err)
@@ -278,7 +280,7 @@ func statusAdaptor(st *contentapi.Status) filters.Adaptor {
 func (s *Content) Abort(ctx context.Context, req *contentapi.AbortRequest) (*emptypb.Empty, error) {
 	ns, err := requireNamespace(ctx)
 	if err == nil {
-		_, err = s.Blobs.Abort(ctx, &contentapi.AbortRequest{Ref: rawRef(ns, req.GetRef())})
+		_, err = s.Blobs.Abort(ctx, &contentapi.AbortRequest{Ref: pluginkit.IngestRef(ns, req.GetRef())})
 		err = errgrpc.ToNative(err)
 	}
 	if err == nil {
@@ -289,11 +291,6 @@ func (s *Content) Abort(ctx context.Context, req *contentapi.AbortRequest) (*emp
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &emptypb.Empty{}, nil
-}
-
-// rawRef is the content plugin's ref for ingest ref of namespace ns.
-func rawRef(ns, ref string) string {
-	return ns + "/" + ref
 }
 
 func (s *Content) publish(ctx context.Context, ns, topic string, event proto.Message) {

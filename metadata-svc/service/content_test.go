@@ -27,15 +27,20 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	csvc "corral.dev/content-svc/service"
+	cstore "corral.dev/content-svc/store"
 	"corral.dev/metadata-svc/metadata"
 	"corral.dev/metadata-svc/service"
 	"corral.dev/pluginkit"
 	"corral.dev/pluginkit/contenttest"
+	ingestv1 "corral.dev/proto/ingest/v1"
 )
 
-// contentEnv is the Content and Leases services on a new database, in
-// front of a raw store held in memory (contenttest.MemStore, which keeps
-// content-svc's contract), each on its own unix socket.
+// contentEnv is the Content, Ingests and Leases services on a new
+// database, in front of content-svc's Content service on a store in a temp
+// dir, each on its own unix socket. The env's Content client reaches
+// content-svc for Write and the metadata plugin for the rest, as the
+// supervisor routes them.
 type contentEnv struct {
 	db      *metadata.DB
 	gc      *metadata.GC
@@ -48,47 +53,71 @@ type contentEnv struct {
 
 func newContentEnv(t *testing.T, policy string) *contentEnv {
 	t.Helper()
-	rawSrv := grpc.NewServer()
 	env := &contentEnv{pub: &recordingPublisher{}, rawLog: &readLog{}}
-	contentapi.RegisterContentServer(rawSrv, &loggingBlobs{
-		ContentServer: contenttest.NewMemStore(),
-		log:           env.rawLog,
-	})
-	env.raw = contentapi.NewContentClient(serveOn(t, rawSrv))
+	dir := t.TempDir()
+	metaSock, rawSock := filepath.Join(dir, "meta.sock"), filepath.Join(dir, "raw.sock")
+	metaCC := dialSock(t, metaSock)
 
-	var err error
-	env.db, err = metadata.Open(filepath.Join(t.TempDir(), "meta.db"))
+	st, err := cstore.Open(filepath.Join(dir, "content"))
+	if err != nil {
+		t.Fatalf("open store: %v", err)
+	}
+	blobs := csvc.NewContent(st, zerolog.Nop(), csvc.WithIngests(ingestv1.NewIngestsClient(metaCC)))
+	rawSrv := grpc.NewServer()
+	contentapi.RegisterContentServer(rawSrv, &loggingBlobs{ContentServer: blobs, log: env.rawLog})
+	listen(t, rawSrv, rawSock)
+	env.raw = contentapi.NewContentClient(dialSock(t, rawSock))
+
+	env.db, err = metadata.Open(filepath.Join(dir, "meta.db"))
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
+	t.Cleanup(func() { env.db.Close() })
 	env.gc = metadata.NewGC(env.db, service.NewBlobBackend(env.raw))
 	gs := grpc.NewServer()
-	service.NewContent(service.ContentConfig{
+	content := service.NewContent(service.ContentConfig{
 		Store:  env.db.Content(),
 		Blobs:  env.raw,
 		GC:     env.gc,
 		Events: env.pub,
 		Policy: policy,
 		Log:    zerolog.Nop(),
-	}).Register(gs)
+	})
+	contentapi.RegisterContentServer(gs, routedContent{ContentServer: content, writes: blobs})
+	service.NewIngests(content).Register(gs)
 	service.NewLeases(env.db.Leases(), env.gc, zerolog.Nop()).Register(gs)
-	cc := serveOn(t, gs)
-	t.Cleanup(func() { env.db.Close() })
-	env.content = contentapi.NewContentClient(cc)
-	env.leases = leasesapi.NewLeasesClient(cc)
+	listen(t, gs, metaSock)
+	env.content = contentapi.NewContentClient(metaCC)
+	env.leases = leasesapi.NewLeasesClient(metaCC)
 	return env
 }
 
-// serveOn serves gs on a new unix socket until the test ends and returns a
-// connection to it.
-func serveOn(t *testing.T, gs *grpc.Server) *grpc.ClientConn {
+// routedContent is the Content service as the supervisor puts it together:
+// Write streams go to content-svc, the rest to the metadata plugin.
+type routedContent struct {
+	contentapi.ContentServer
+	writes contentapi.ContentServer
+}
+
+func (r routedContent) Write(ss contentapi.Content_WriteServer) error {
+	return r.writes.Write(ss)
+}
+
+// listen serves gs on the unix socket sock until the test ends.
+func listen(t *testing.T, gs *grpc.Server, sock string) {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "s.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
 	go gs.Serve(l)
+	t.Cleanup(gs.Stop)
+}
+
+// dialSock returns a connection to the unix socket sock, closed when the test
+// ends. Nothing need listen there yet.
+func dialSock(t *testing.T, sock string) *grpc.ClientConn {
+	t.Helper()
 	cc, err := grpc.NewClient("unix://"+sock,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(pluginkit.MaxMsgSize)),
@@ -96,10 +125,7 @@ func serveOn(t *testing.T, gs *grpc.Server) *grpc.ClientConn {
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
-	t.Cleanup(func() {
-		cc.Close()
-		gs.Stop()
-	})
+	t.Cleanup(func() { cc.Close() })
 	return cc
 }
 

@@ -84,14 +84,16 @@ func initPlugin(ctx context.Context, ic *pluginkit.InitContext) error {
 	NewNamespaces(db.Namespaces(), ic.Events, ic.Log).Register(ic.Server)
 	NewImages(db.Images(), ic.Events, gc, ic.Log).Register(ic.Server)
 	NewContainers(db.Containers(), ic.Events, gc, ic.Log).Register(ic.Server)
-	NewContent(ContentConfig{
+	content := NewContent(ContentConfig{
 		Store:  db.Content(),
 		Blobs:  blobs,
 		GC:     gc,
 		Events: ic.Events,
 		Policy: cfg.ContentSharingPolicy,
 		Log:    ic.Log,
-	}).Register(ic.Server)
+	})
+	content.Register(ic.Server)
+	NewIngests(content).Register(ic.Server)
 	NewLeases(db.Leases(), gc, ic.Log).Register(ic.Server)
 	ic.Log.Info().Msgf("metadata db open, content sharing %s", cfg.ContentSharingPolicy)
 	return nil
