@@ -48,6 +48,7 @@ type contentEnv struct {
 	raw     contentapi.ContentClient // content-svc itself
 	rawLog  *readLog                 // the Read calls content-svc served
 	content contentapi.ContentClient
+	ingests ingestv1.IngestsClient // the metadata plugin's, as content-svc calls it
 	leases  leasesapi.LeasesClient
 }
 
@@ -88,6 +89,7 @@ func newContentEnv(t *testing.T, policy string) *contentEnv {
 	service.NewLeases(env.db.Leases(), env.gc, zerolog.Nop()).Register(gs)
 	listen(t, gs, metaSock)
 	env.content = contentapi.NewContentClient(metaCC)
+	env.ingests = ingestv1.NewIngestsClient(metaCC)
 	env.leases = leasesapi.NewLeasesClient(metaCC)
 	return env
 }

@@ -19,7 +19,9 @@ import (
 )
 
 // Ingests serves corral.ingest.v1.Ingests to the content plugin: the
-// namespace's side of the Content.Write streams it takes.
+// namespace's side of the Content.Write streams it takes. As for
+// namespaces, a replayed Record answers as the first attempt did and
+// publishes its event again.
 type Ingests struct {
 	ingestv1.UnimplementedIngestsServer
 	c *Content
