@@ -45,6 +45,29 @@ func (s *ContainerStore) List(
 	return containerKind.list(s.db, ns, fs, containerAdaptor)
 }
 
+// ListEncoded is List with the containers left as stored: it returns the
+// wire form of a [containersapi.ListContainersResponse] that holds them.
+func (s *ContainerStore) ListEncoded(ctx context.Context, ns string, fs ...string) ([]byte, error) {
+	buf, _, err := containerKind.listEncoded(s.db, ns, fs, containerAdaptor, containersList, containerID)
+	return buf, err
+}
+
+// ListEncodedMessages is List with the containers left as stored: it
+// returns the wire form of one [containersapi.ListContainerMessage] for
+// each.
+func (s *ContainerStore) ListEncodedMessages(ctx context.Context, ns string, fs ...string) ([][]byte, error) {
+	buf, ends, err := containerKind.listEncoded(s.db, ns, fs, containerAdaptor, containerMessage, containerID)
+	return split(buf, ends), err
+}
+
+// The fields of the encoded lists: the response's containers, the stream
+// message's container, and a container's id.
+var (
+	containersList   = fieldNumber(&containersapi.ListContainersResponse{}, "containers")
+	containerMessage = fieldNumber(&containersapi.ListContainerMessage{}, "container")
+	containerID      = fieldNumber(&containersapi.Container{}, "id")
+)
+
 // Create stores c in namespace ns, creating the namespace if needed, with
 // created_at and updated_at set to now. It fails with
 // [errdefs.ErrAlreadyExists] if a container with that id exists.

@@ -71,6 +71,20 @@ func (s *ImageStore) List(
 	return imageKind.list(s.db, ns, fs, imageAdaptor)
 }
 
+// ListEncoded is List with the images left as stored: it returns the wire
+// form of an [imagesapi.ListImagesResponse] that holds them.
+func (s *ImageStore) ListEncoded(ctx context.Context, ns string, fs ...string) ([]byte, error) {
+	buf, _, err := imageKind.listEncoded(s.db, ns, fs, imageAdaptor, imagesList, imageName)
+	return buf, err
+}
+
+// The fields of the encoded list: the response's images, and an image's
+// name.
+var (
+	imagesList = fieldNumber(&imagesapi.ListImagesResponse{}, "images")
+	imageName  = fieldNumber(&imagesapi.Image{}, "name")
+)
+
 // Create stores img in namespace ns, creating the namespace if needed, with
 // created_at and updated_at set to now. It fails with
 // [errdefs.ErrAlreadyExists] if an image of that name exists.

@@ -358,6 +358,17 @@ func TestImageStoreList(t *testing.T) {
 			if diff := cmp.Diff(tt.want, names); diff != "" {
 				t.Errorf("List(%q) mismatch (-want +got):\n%s", tt.filters, diff)
 			}
+
+			// The encoded list decodes to the same images.
+			raw, err := db.Images().ListEncoded(ctx, testNS, tt.filters...)
+			checkErr(t, err, tt.wantErr, "")
+			var resp imagesapi.ListImagesResponse
+			if err := proto.Unmarshal(raw, &resp); err != nil {
+				t.Fatalf("decode ListEncoded(%q): %v", tt.filters, err)
+			}
+			if diff := cmp.Diff(list, resp.GetImages(), protocmp.Transform()); diff != "" {
+				t.Errorf("ListEncoded(%q) mismatch (-List +ListEncoded):\n%s", tt.filters, diff)
+			}
 		})
 	}
 
@@ -497,6 +508,55 @@ func TestImageStoreReplay(t *testing.T) {
 // TestRecordLayout pins the layout the collector and later migrations
 // read: namespaces/<ns>/{images/<name>,containers/<id>}/record holding
 // the marshalled API message.
+// TestListEncodedRecords lists records as stored: the key gives the name
+// as it does when a record is read, and a record that is not well framed
+// is data loss, not bytes passed on.
+func TestListEncodedRecords(t *testing.T) {
+	ctx := context.Background()
+	const name = "docker.io/library/busybox:latest"
+	db, _ := imageTestDB(t, testImage(name))
+	if _, err := db.Containers().Create(ctx, testNS, testContainer("web")); err != nil {
+		t.Fatalf("Create container: %v", err)
+	}
+	setRecord := func(kind, key string, raw []byte) {
+		t.Helper()
+		err := db.bdb.Update(func(tx *bolt.Tx) error {
+			return objectBucket(tx, testNS, []byte(kind), key).Put(keyObjectRecord, raw)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A record without its name, or with another, lists under its key.
+	img := testImage("other")
+	raw, _ := proto.Marshal(img)
+	setRecord("images", name, raw)
+	raw, err := db.Images().ListEncoded(ctx, testNS)
+	var images imagesapi.ListImagesResponse
+	if err != nil || proto.Unmarshal(raw, &images) != nil {
+		t.Fatalf("ListEncoded = %v; decoding %x", err, raw)
+	}
+	if got := images.GetImages(); len(got) != 1 || got[0].GetName() != name {
+		t.Errorf("listed %v, want one image named %q", got, name)
+	}
+	raw, err = db.Containers().ListEncoded(ctx, testNS)
+	var containers containersapi.ListContainersResponse
+	if err != nil || proto.Unmarshal(raw, &containers) != nil {
+		t.Fatalf("ListEncoded of containers = %v; decoding %x", err, raw)
+	}
+	if got := containers.GetContainers(); len(got) != 1 || got[0].GetID() != "web" || got[0].GetSnapshotKey() != "web" {
+		t.Errorf("listed containers %v, want web", got)
+	}
+
+	// A length past the record's end would swallow what follows it.
+	setRecord("images", name, []byte{0x12, 0x7f, 0x01})
+	for _, fs := range [][]string{nil, {"name==" + name}} {
+		_, err := db.Images().ListEncoded(ctx, testNS, fs...)
+		checkErr(t, err, errdefs.ErrDataLoss, "")
+	}
+}
+
 func TestRecordLayout(t *testing.T) {
 	ctx := context.Background()
 	db, _ := imageTestDB(t, testImage("docker.io/library/busybox:latest"))

@@ -75,11 +75,16 @@ func (s *Containers) List(
 	ctx context.Context,
 	req *containersapi.ListContainersRequest,
 ) (*containersapi.ListContainersResponse, error) {
-	list, err := s.list(ctx, req)
+	ns, err := requireNamespace(ctx)
+	var raw []byte
+	if err == nil {
+		raw, err = s.store.ListEncoded(ctx, ns, req.GetFilters()...)
+	}
+	logRequestOn(s.log, "list containers", ns, "", err)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	return &containersapi.ListContainersResponse{Containers: list}, nil
+	return encodedResponse(&containersapi.ListContainersResponse{}, raw), nil
 }
 
 // ListStream implements containersapi.ContainersServer: one message per
@@ -88,29 +93,21 @@ func (s *Containers) ListStream(
 	req *containersapi.ListContainersRequest,
 	ss containersapi.Containers_ListStreamServer,
 ) error {
-	list, err := s.list(ss.Context(), req)
+	ns, err := requireNamespace(ss.Context())
+	var msgs [][]byte
+	if err == nil {
+		msgs, err = s.store.ListEncodedMessages(ss.Context(), ns, req.GetFilters()...)
+	}
+	logRequestOn(s.log, "list containers", ns, "", err)
 	if err != nil {
 		return errgrpc.ToGRPC(err)
 	}
-	for _, c := range list {
-		if err := ss.Send(&containersapi.ListContainerMessage{Container: c}); err != nil {
+	for _, raw := range msgs {
+		if err := ss.Send(encodedResponse(&containersapi.ListContainerMessage{}, raw)); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func (s *Containers) list(
-	ctx context.Context,
-	req *containersapi.ListContainersRequest,
-) ([]*containersapi.Container, error) {
-	ns, err := requireNamespace(ctx)
-	var list []*containersapi.Container
-	if err == nil {
-		list, err = s.store.List(ctx, ns, req.GetFilters()...)
-	}
-	logRequestOn(s.log, "list containers", ns, "", err)
-	return list, err
 }
 
 // Create implements containersapi.ContainersServer. The server sets

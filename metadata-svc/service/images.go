@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"corral.dev/metadata-svc/metadata"
@@ -78,15 +79,25 @@ func (s *Images) List(
 	req *imagesapi.ListImagesRequest,
 ) (*imagesapi.ListImagesResponse, error) {
 	ns, err := requireNamespace(ctx)
-	var list []*imagesapi.Image
+	var raw []byte
 	if err == nil {
-		list, err = s.store.List(ctx, ns, req.GetFilters()...)
+		raw, err = s.store.ListEncoded(ctx, ns, req.GetFilters()...)
 	}
 	logRequestOn(s.log, "list images", ns, "", err)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	return &imagesapi.ListImagesResponse{Images: list}, nil
+	return encodedResponse(&imagesapi.ListImagesResponse{}, raw), nil
+}
+
+// encodedResponse returns resp carrying raw, the wire form of its fields,
+// as it marshals: raw goes out as unknown fields, which a message encodes
+// as they are, and a client decodes them as the fields they are. The
+// records of a List leave this way without being decoded and encoded
+// again.
+func encodedResponse[M proto.Message](resp M, raw []byte) M {
+	resp.ProtoReflect().SetUnknown(raw)
+	return resp
 }
 
 // Create implements imagesapi.ImagesServer. The server sets created_at
