@@ -10,7 +10,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"corral.dev/metadata-svc/metadata"
@@ -88,16 +87,6 @@ func (s *Images) List(
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return encodedResponse(&imagesapi.ListImagesResponse{}, raw), nil
-}
-
-// encodedResponse returns resp carrying raw, the wire form of its fields,
-// as it marshals: raw goes out as unknown fields, which a message encodes
-// as they are, and a client decodes them as the fields they are. The
-// records of a List leave this way without being decoded and encoded
-// again.
-func encodedResponse[M proto.Message](resp M, raw []byte) M {
-	resp.ProtoReflect().SetUnknown(raw)
-	return resp
 }
 
 // Create implements imagesapi.ImagesServer. The server sets created_at
