@@ -13,6 +13,7 @@ import (
 
 	"corral.dev/pluginkit/filters"
 	"corral.dev/pluginkit/identifiers"
+	plabels "corral.dev/pluginkit/labels"
 )
 
 // containerMutable are the field paths an update with no paths replaces.
@@ -195,7 +196,7 @@ func checkImmutable(cur, req *containersapi.Container) error {
 func applyContainerPath(next, req *containersapi.Container, p string) error {
 	if key, ok := strings.CutPrefix(p, "labels."); ok {
 		next.Labels = setMapKey(next.Labels, key, req.GetLabels())
-		return ValidateLabel(key, next.Labels[key])
+		return plabels.Validate(key, next.Labels[key])
 	}
 	if key, ok := strings.CutPrefix(p, "extensions."); ok {
 		next.Extensions = setMapKey(next.Extensions, key, req.GetExtensions())
@@ -228,7 +229,7 @@ func validateContainer(c *containersapi.Container) error {
 	if err := identifiers.Validate(c.GetID()); err != nil {
 		return fmt.Errorf("container id: %w", err)
 	}
-	if err := validateLabels(c.GetLabels()); err != nil {
+	if err := plabels.ValidateAll(c.GetLabels()); err != nil {
 		return fmt.Errorf("container %q: %w", c.GetID(), err)
 	}
 	for k := range c.GetExtensions() {

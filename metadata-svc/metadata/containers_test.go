@@ -12,6 +12,8 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	plabels "corral.dev/pluginkit/labels"
 )
 
 const specURL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
@@ -117,10 +119,10 @@ func TestContainerStoreCreate(t *testing.T) {
 			}),
 			wantErr: errdefs.ErrInvalidArgument,
 		},
-		{name: "label at limit", c: testContainer("a", "k", strings.Repeat("v", MaxLabelSize-1))},
+		{name: "label at limit", c: testContainer("a", "k", strings.Repeat("v", plabels.MaxSize-1))},
 		{
 			name:    "label over limit",
-			c:       testContainer("a", "k", strings.Repeat("v", MaxLabelSize)),
+			c:       testContainer("a", "k", strings.Repeat("v", plabels.MaxSize)),
 			wantErr: errdefs.ErrInvalidArgument,
 		},
 	}
@@ -285,7 +287,7 @@ func TestContainerStoreUpdate(t *testing.T) {
 		},
 		{
 			name:    "label over limit",
-			req:     testContainer("a", "n", strings.Repeat("v", MaxLabelSize)),
+			req:     testContainer("a", "n", strings.Repeat("v", plabels.MaxSize)),
 			paths:   []string{"labels.n"},
 			wantErr: errdefs.ErrInvalidArgument,
 		},

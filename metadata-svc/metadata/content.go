@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"corral.dev/pluginkit/filters"
+	plabels "corral.dev/pluginkit/labels"
 )
 
 // Keys of the content records drawn in the package doc.
@@ -201,7 +202,7 @@ func (s *ContentStore) Add(
 	if err != nil {
 		return nil, err
 	}
-	if err := validateLabels(info.GetLabels()); err != nil {
+	if err := plabels.ValidateAll(info.GetLabels()); err != nil {
 		return nil, fmt.Errorf("add content %s: %w", d, err)
 	}
 	now := timestamppb.New(s.db.now())

@@ -14,6 +14,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	plabels "corral.dev/pluginkit/labels"
 )
 
 // blobDigest returns a valid sha256 digest made of the hex digit c.
@@ -87,7 +89,7 @@ func TestContentAdd(t *testing.T) {
 		},
 		{
 			name:    "label too big",
-			info:    &contentapi.Info{Digest: blobDigest("a"), Labels: pairs("k", strings.Repeat("v", MaxLabelSize))},
+			info:    &contentapi.Info{Digest: blobDigest("a"), Labels: pairs("k", strings.Repeat("v", plabels.MaxSize))},
 			wantErr: errdefs.ErrInvalidArgument,
 		},
 		{
@@ -153,7 +155,7 @@ func TestContentUpdate(t *testing.T) {
 		},
 		{
 			name:    "label too big",
-			info:    &contentapi.Info{Digest: blobDigest("a"), Labels: pairs("b", strings.Repeat("v", MaxLabelSize))},
+			info:    &contentapi.Info{Digest: blobDigest("a"), Labels: pairs("b", strings.Repeat("v", plabels.MaxSize))},
 			paths:   []string{"labels.b"},
 			wantErr: errdefs.ErrInvalidArgument,
 			want:    pairs("a", "1"),

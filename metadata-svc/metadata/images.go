@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"corral.dev/pluginkit/filters"
+	plabels "corral.dev/pluginkit/labels"
 )
 
 // MaxImageNameLength is the longest image name, in bytes, the store
@@ -212,7 +213,7 @@ func applyImagePath(next, req *imagesapi.Image, p string) error {
 	}
 	if key, ok := strings.CutPrefix(p, "labels."); ok {
 		next.Labels = setMapKey(next.Labels, key, req.GetLabels())
-		return ValidateLabel(key, next.Labels[key])
+		return plabels.Validate(key, next.Labels[key])
 	}
 	if key, ok := strings.CutPrefix(p, "annotations."); ok {
 		annotations := req.GetTarget().GetAnnotations()
@@ -238,7 +239,7 @@ func validateImage(img *imagesapi.Image) error {
 	if err := ValidateImageName(img.GetName()); err != nil {
 		return err
 	}
-	if err := validateLabels(img.GetLabels()); err != nil {
+	if err := plabels.ValidateAll(img.GetLabels()); err != nil {
 		return fmt.Errorf("image %q: %w", img.GetName(), err)
 	}
 	if err := validateTarget(img.GetTarget()); err != nil {

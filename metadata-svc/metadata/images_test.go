@@ -16,6 +16,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	plabels "corral.dev/pluginkit/labels"
 )
 
 const (
@@ -142,11 +144,11 @@ func TestImageStoreCreate(t *testing.T) {
 		},
 		{
 			name: "label at limit",
-			img:  testImage("a", "k", strings.Repeat("v", MaxLabelSize-1)),
+			img:  testImage("a", "k", strings.Repeat("v", plabels.MaxSize-1)),
 		},
 		{
 			name:    "label over limit",
-			img:     testImage("a", "k", strings.Repeat("v", MaxLabelSize)),
+			img:     testImage("a", "k", strings.Repeat("v", plabels.MaxSize)),
 			wantErr: errdefs.ErrInvalidArgument,
 		},
 		{name: "empty label key", img: testImage("a", "", "v"), wantErr: errdefs.ErrInvalidArgument},
@@ -285,7 +287,7 @@ func TestImageStoreUpdate(t *testing.T) {
 		},
 		{
 			name:    "label over limit",
-			req:     testImage("a", "n", strings.Repeat("v", MaxLabelSize)),
+			req:     testImage("a", "n", strings.Repeat("v", plabels.MaxSize)),
 			paths:   []string{"labels.n"},
 			wantErr: errdefs.ErrInvalidArgument,
 		},

@@ -9,22 +9,8 @@ import (
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
 
-	"corral.dev/pluginkit/labels"
+	plabels "corral.dev/pluginkit/labels"
 )
-
-// MaxLabelSize is the most bytes the key and value of one label may take
-// together, the limit containerd applies.
-const MaxLabelSize = labels.MaxSize
-
-// ValidateLabel returns an error wrapping [errdefs.ErrInvalidArgument] if
-// the label key=value is not one the store accepts.
-func ValidateLabel(key, value string) error {
-	return labels.Validate(key, value)
-}
-
-func validateLabels(set map[string]string) error {
-	return labels.ValidateAll(set)
-}
 
 // labelUpdate is a validated change to a set of labels: either a new set
 // replacing the old one, or edits of single keys (an empty value deletes).
@@ -51,10 +37,10 @@ func parseLabelUpdate(labels map[string]string, paths []string) (labelUpdate, er
 		}
 	}
 	if u.replace {
-		return u, validateLabels(labels)
+		return u, plabels.ValidateAll(labels)
 	}
 	for _, k := range u.keys {
-		if err := ValidateLabel(k, labels[k]); err != nil {
+		if err := plabels.Validate(k, labels[k]); err != nil {
 			return labelUpdate{}, err
 		}
 	}

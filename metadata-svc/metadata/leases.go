@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"corral.dev/pluginkit/filters"
+	plabels "corral.dev/pluginkit/labels"
 )
 
 // Labels of a lease that the collector reads.
@@ -61,7 +62,7 @@ func (s *LeaseStore) Create(
 	ns, id string,
 	labels map[string]string,
 ) (*leasesapi.Lease, error) {
-	if err := validateLabels(labels); err != nil {
+	if err := plabels.ValidateAll(labels); err != nil {
 		return nil, fmt.Errorf("create lease %q: %w", id, err)
 	}
 	out := &leasesapi.Lease{}

@@ -11,6 +11,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	plabels "corral.dev/pluginkit/labels"
 )
 
 func TestLeaseCreate(t *testing.T) {
@@ -31,7 +33,7 @@ func TestLeaseCreate(t *testing.T) {
 		{
 			name:    "label too big",
 			id:      "l3",
-			labels:  pairs("k", strings.Repeat("v", MaxLabelSize)),
+			labels:  pairs("k", strings.Repeat("v", plabels.MaxSize)),
 			wantErr: errdefs.ErrInvalidArgument,
 		},
 	}

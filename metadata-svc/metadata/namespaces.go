@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"corral.dev/pluginkit/identifiers"
+	plabels "corral.dev/pluginkit/labels"
 	api "github.com/containerd/containerd/api/services/namespaces/v1"
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
@@ -153,7 +154,7 @@ func validateNamespace(name string, labels map[string]string) error {
 	if err := identifiers.Validate(name); err != nil {
 		return fmt.Errorf("create namespace: %w", err)
 	}
-	if err := validateLabels(labels); err != nil {
+	if err := plabels.ValidateAll(labels); err != nil {
 		return fmt.Errorf("create namespace %q: %w", name, err)
 	}
 	return nil

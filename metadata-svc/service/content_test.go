@@ -33,6 +33,7 @@ import (
 	"corral.dev/metadata-svc/service"
 	"corral.dev/pluginkit"
 	"corral.dev/pluginkit/contenttest"
+	plabels "corral.dev/pluginkit/labels"
 	ingestv1 "corral.dev/proto/ingest/v1"
 )
 
@@ -356,7 +357,7 @@ func TestContentWriteCommit(t *testing.T) {
 		{name: "missing lease", lease: "nope", wantErr: errdefs.ErrNotFound},
 		{
 			name:    "label too big",
-			labels:  map[string]string{"k": strings.Repeat("v", metadata.MaxLabelSize)},
+			labels:  map[string]string{"k": strings.Repeat("v", plabels.MaxSize)},
 			wantErr: errdefs.ErrInvalidArgument,
 		},
 	}
