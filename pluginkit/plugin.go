@@ -9,6 +9,7 @@ package pluginkit
 import (
 	"context"
 	"os"
+	"strings"
 
 	"github.com/hashicorp/go-plugin"
 	"github.com/prometheus/client_golang/prometheus"
@@ -111,6 +112,17 @@ const (
 	// the supervisor can tell a plugin's answer from a broken connection.
 	HandledKey = "corral-handled"
 )
+
+// ServiceOf returns the service part of a full method name
+// "/pkg.Service/Method": what the supervisor routes a call by unless a
+// plugin claims the method itself.
+func ServiceOf(method string) string {
+	method = strings.TrimPrefix(method, "/")
+	if i := strings.LastIndexByte(method, '/'); i >= 0 {
+		return method[:i]
+	}
+	return method
+}
 
 // IngestRef is the content plugin's key for the ingest that a client of
 // namespace ns calls ref. The plugins that share ingests agree on it.

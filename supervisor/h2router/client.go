@@ -277,7 +277,7 @@ func (c *clientConn) open(f *http2.MetaHeadersFrame, path string) {
 		c:          c,
 		cid:        f.StreamID,
 		path:       path,
-		service:    serviceOf(path),
+		service:    pluginkit.ServiceOf(path),
 		start:      time.Now(),
 		upRecv:     clientStreamWindow,
 		upEnd:      f.StreamEnded(),

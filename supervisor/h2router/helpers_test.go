@@ -258,7 +258,7 @@ func newFakeBackends(ns, content *backend) *fakeBackends {
 func (f *fakeBackends) AcquireAddr(ctx context.Context, method, target string) (net.Addr, func(), error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	service := serviceOf(method)
+	service := pluginkit.ServiceOf(method)
 	if target != "" {
 		service = target
 	}

@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"corral.dev/pluginkit"
 	"corral.dev/pluginkit/lane"
 	"corral.dev/supervisor/apimethods"
 )
@@ -406,7 +407,7 @@ func (s *stream) connect(fl *flushList, replay bool) error {
 
 // acquire returns the address of the backend that serves method.
 func (r *Router) acquire(ctx context.Context, method, target string) (net.Addr, func(), error) {
-	if target == "" && r.local[serviceOf(method)] {
+	if target == "" && r.local[pluginkit.ServiceOf(method)] {
 		return localAddr{}, func() {}, nil
 	}
 	return r.backends.AcquireAddr(ctx, method, target)

@@ -133,15 +133,6 @@ func formatTimeout(d time.Duration) string {
 	return strconv.FormatInt(int64(min(d/time.Second, 1e8-1)), 10) + "S"
 }
 
-// serviceOf returns the service of a full method name "/pkg.Svc/Method".
-func serviceOf(path string) string {
-	path = strings.TrimPrefix(path, "/")
-	if i := strings.LastIndexByte(path, '/'); i >= 0 {
-		return path[:i]
-	}
-	return path
-}
-
 // connectionHeaders are the fields HTTP/2 forbids (RFC 9113 8.2.2).
 var connectionHeaders = map[string]bool{
 	"connection": true, "keep-alive": true, "proxy-connection": true,

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -124,7 +123,7 @@ func (h *Host) Acquire(ctx context.Context, method, target string) (router.Lease
 			return nil, status.Errorf(codes.NotFound, "plugin %q: not found", target)
 		}
 	} else if in = h.lookup(method); in == nil {
-		return nil, status.Errorf(codes.Unimplemented, "unknown service %s", serviceOf(method))
+		return nil, status.Errorf(codes.Unimplemented, "unknown service %s", pluginkit.ServiceOf(method))
 	}
 	return in.acquire(ctx, h.opts.WaitTimeout)
 }
@@ -136,16 +135,7 @@ func (h *Host) lookup(method string) *Instance {
 	if in := h.routes[method]; in != nil {
 		return in
 	}
-	return h.routes[serviceOf(method)]
-}
-
-// serviceOf returns the service part of a full method name "/pkg.Svc/Method".
-func serviceOf(method string) string {
-	s := strings.TrimPrefix(method, "/")
-	if i := strings.LastIndexByte(s, '/'); i >= 0 {
-		return s[:i]
-	}
-	return s
+	return h.routes[pluginkit.ServiceOf(method)]
 }
 
 // Restart drains the plugin id and starts it again, from path when path is

@@ -88,7 +88,7 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 	if !ok {
 		return status.Error(codes.Internal, "router: call without a method")
 	}
-	c := &call{r: r, ss: ss, method: method, service: serviceOf(method)}
+	c := &call{r: r, ss: ss, method: method, service: pluginkit.ServiceOf(method)}
 	md, _ := metadata.FromIncomingContext(ss.Context())
 	if r.opts.ByTarget {
 		if v := md.Get(pluginkit.TargetKey); len(v) > 0 {
@@ -334,13 +334,4 @@ func clean(md metadata.MD) metadata.MD {
 	md = md.Copy()
 	delete(md, pluginkit.HandledKey)
 	return md
-}
-
-// serviceOf returns the service part of a full method name "/pkg.Svc/Method".
-func serviceOf(method string) string {
-	method = strings.TrimPrefix(method, "/")
-	if i := strings.LastIndexByte(method, '/'); i >= 0 {
-		return method[:i]
-	}
-	return method
 }

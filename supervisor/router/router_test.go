@@ -125,7 +125,7 @@ type fakeBackends struct {
 func (f *fakeBackends) Acquire(ctx context.Context, method, target string) (Lease, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	service := serviceOf(method)
+	service := pluginkit.ServiceOf(method)
 	switch service {
 	case "containerd.services.namespaces.v1.Namespaces", "containerd.services.content.v1.Content":
 		return fakeLease{f.current.conn}, nil
@@ -318,16 +318,4 @@ func (u *unavailableNamespaces) Get(ctx context.Context, _ *namespacesapi.GetNam
 	u.calls.Add(1)
 	_ = grpc.SetTrailer(ctx, metadata.Pairs(pluginkit.HandledKey, "1"))
 	return nil, status.Error(codes.Unavailable, "ref locked")
-}
-
-func TestServiceOf(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"/containerd.services.namespaces.v1.Namespaces/Get", "containerd.services.namespaces.v1.Namespaces"},
-		{"/a.B/C", "a.B"},
-		{"nomethod", "nomethod"},
-	} {
-		if got := serviceOf(tc.in); got != tc.want {
-			t.Errorf("serviceOf(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
 }
